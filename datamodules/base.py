@@ -1,0 +1,210 @@
+"""Common machinery of every data module: split seeds, loaders, augmentation and the honest-split guard.
+
+Every data module yields ``(image, label)`` with ``image`` a float tensor ``(C, H, W)`` in ``[0, 1]``
+(no normalisation: the LightningModule normalises, so rotations and zero padding act on the raw image
+whose background is 0) and ``label`` an int64 scalar. It exposes ``num_classes``, ``in_channels``,
+``image_size`` (also mirrored in its yaml so models can interpolate them) and ``mean``/``std`` for the
+model's input normalisation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import HonestSplitError
+
+AUGMENTATIONS = ("none", "rotation", "rot90", "rot90_flip")
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images ``(N, C, H, W)`` stored as uint8 (0..255) or float, labels ``(N,)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None):
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+def random_augmentation(name: str, seed: Optional[int] = None) -> Optional[Callable]:
+    """A per-image training augmentation on ``(C, H, W)`` tensors in [0, 1].
+
+    ``rotation``: uniform angle in [0, 360), bilinear, zero padding (the RotMNIST recipe);
+    ``rot90``: a uniformly random multiple of 90 degrees (exact); ``rot90_flip``: D4 (rot90 then an
+    optional horizontal mirror). Uses torch's global RNG, which Lightning seeds per worker.
+    """
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}")
+    if name == "none":
+        return None
+
+    def augment(image: torch.Tensor) -> torch.Tensor:
+        if name == "rotation":
+            angle = float(torch.rand(()) * 360.0)
+            return rotate_chw(image, angle)
+        k = int(torch.randint(4, ()))
+        image = torch.rot90(image, k, dims=(-2, -1))
+        if name == "rot90_flip" and bool(torch.randint(2, ())):
+            image = torch.flip(image, dims=(-1,))
+        return image
+
+    return augment
+
+
+def rotate_chw(image: torch.Tensor, angle_deg: float) -> torch.Tensor:
+    """Rotate one ``(C, H, W)`` image counter-clockwise by ``angle_deg`` (bilinear, zero padding)."""
+    from gevit.rotations import rotate  # plain torch helper; datamodules still know no model
+
+    return rotate(image.unsqueeze(0), angle_deg).squeeze(0)
+
+
+def seeded_split(n: int, sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
+    """Split ``range(n)`` into consecutive chunks of a seeded permutation."""
+    if sum(sizes) > n:
+        raise ValueError(f"split sizes {list(sizes)} exceed the {n} available examples")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out, start = [], 0
+    for size in sizes:
+        out.append(perm[start:start + size])
+        start += size
+    return out
+
+
+def subsample_indices(n: int, fraction: float, seed: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A seeded subset of ``fraction`` of ``range(n)``; class-stratified when ``labels`` are given.
+
+    Indices come back sorted so the subset keeps the file's order.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        keep = max(1, round(n * fraction))
+        return torch.randperm(n, generator=generator)[:keep].sort().values
+    chosen = []
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).flatten()
+        keep = max(1, round(len(members) * fraction))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.cat(chosen).sort().values
+
+
+class BaseImageDataModule(L.LightningDataModule):
+    """Loaders, split seed and the honest-split guard shared by every data module.
+
+    Subclasses implement :meth:`setup` and fill ``self.train_set``, ``self.val_set``, ``self.test_set``.
+
+    ``split_seed`` fixes which examples land in train/val (and any subsampling); it is deliberately
+    separate from the run seed so that changing ``seed=`` re-initialises the model, not the data.
+
+    The test loader refuses to be built while the trainer is fitting: checkpoint selection and early
+    stopping can only ever see validation data.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        split_seed: int = 0,
+        augmentation: str = "none",
+        num_classes: Optional[int] = None,
+        in_channels: Optional[int] = None,
+        image_size: Optional[int] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+    ):
+        super().__init__()
+        # The yaml repeats these facts so that model configs can interpolate them (${data.num_classes});
+        # they describe the files, so a value that disagrees with them is a config error.
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                            ("image_size", image_size), ("mean", mean), ("std", std)):
+            expected = getattr(type(self), name, None)
+            if value is None or expected is None:
+                continue
+            same = (tuple(float(v) for v in value) == tuple(float(v) for v in expected)
+                    if isinstance(expected, tuple) else value == expected)
+            if not same:
+                raise ValueError(f"{type(self).__name__}: {name}={value!r} in the config, but the data set "
+                                 f"has {name}={expected!r}; remove the override")
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.split_seed = split_seed
+        self.augmentation = augmentation
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
+        self.test_loader_calls = 0
+
+    # ---- loaders -------------------------------------------------------------------------------
+    def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not build the {split} split")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn is not None and trainer.state.fn.value == "fit":
+            raise HonestSplitError(
+                "the test loader was requested while fitting; model selection must use the "
+                "validation split only (test once, after fit, on the selected checkpoint)"
+            )
+        self.test_loader_calls += 1
+        return self._loader(self.test_set, "test", False, self.eval_batch_size)
+
+    @property
+    def train_transform(self) -> Optional[Callable]:
+        return random_augmentation(self.augmentation)
+
+    def describe(self) -> dict:
+        """Sizes of the splits, for logs and ``metrics.json``."""
+        return {
+            split: (len(ds) if ds is not None else None)
+            for split, ds in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
+        }
