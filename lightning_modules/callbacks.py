@@ -1,0 +1,144 @@
+"""Callbacks of the training pipeline: rotation robustness at test time and plain epoch summaries."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from gevit.robustness import RotationRobustness, default_angles
+
+log = logging.getLogger(__name__)
+
+
+class RotationRobustnessCallback(Callback):
+    """During ``trainer.test`` — which runs once, on the selected checkpoint — also evaluate the model on
+    the same test batches rotated by every angle in ``angles`` (default every ``step_deg`` degrees).
+
+    Only the first ``max_samples`` test images (per process) are used, so the cost is bounded; it
+    follows ``trainer.limit_test_batches`` because it sees exactly the batches the test loop sees.
+    At the end of the test epoch it writes ``rotation_robustness.csv`` (angle, accuracy,
+    invariance_error, num_samples) and ``rotation_robustness.png`` into ``output_dir``, logs
+    ``test/rot_acc_mean``, ``test/rot_acc_min`` and ``test/invariance_error_rot90`` to every logger,
+    and a table + line plot to W&B when a ``WandbLogger`` is attached. ``self.results`` keeps the dict.
+    """
+
+    def __init__(self, output_dir: Optional[str] = None, angles: Optional[Sequence[float]] = None,
+                 step_deg: float = 15.0, max_samples: Optional[int] = 2000, interpolation: str = "bilinear",
+                 padding: str = "zeros", enabled: bool = True):
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.requested_angles = [float(a) for a in angles] if angles is not None else default_angles(step_deg)
+        self.max_samples = max_samples
+        self.enabled = enabled
+        self.meter = RotationRobustness(self.requested_angles, interpolation=interpolation, padding=padding)
+        self.results: Optional[dict] = None
+        self._seen = 0
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.meter.reset()
+        self._seen = 0
+        self.results = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.enabled or (self.max_samples is not None and self._seen >= self.max_samples):
+            return
+        images, targets = batch[0], batch[1]
+        if self.max_samples is not None:
+            images, targets = images[: self.max_samples - self._seen], targets[: self.max_samples - self._seen]
+        self.meter.update(pl_module, images, targets)
+        self._seen += len(targets)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not self.enabled:
+            return
+        state = self.meter.state_tensor().to(pl_module.device)
+        state = trainer.strategy.reduce(state, reduce_op="sum")
+        self.meter.load_state_tensor(state)
+        if int(self.meter.count) == 0:
+            log.warning("rotation robustness: no test samples were evaluated")
+            return
+        self.results = self.meter.result(self.requested_angles)
+        pl_module.log("test/rot_acc_mean", self.results["acc_mean"], rank_zero_only=True)
+        pl_module.log("test/rot_acc_min", self.results["acc_min"], rank_zero_only=True)
+        pl_module.log("test/invariance_error_rot90", self.results["invariance_error_rot90"], rank_zero_only=True)
+        if trainer.is_global_zero:
+            self._write_files()
+            self._log_to_wandb(trainer)
+        log.info("rotation robustness on %d test images: mean acc %.4f, min acc %.4f, rot90 invariance error %.2e",
+                 self.results["num_samples"], self.results["acc_mean"], self.results["acc_min"],
+                 self.results["invariance_error_rot90"])
+
+    # ---- outputs --------------------------------------------------------------------------------
+    def _write_files(self) -> None:
+        if self.output_dir is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        r = self.results
+        with open(self.output_dir / "rotation_robustness.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["angle_deg", "accuracy", "invariance_error", "num_samples"])
+            for angle, acc, err in zip(r["angles"], r["accuracy"], r["invariance_error"]):
+                writer.writerow([f"{angle:g}", f"{acc:.6f}", f"{err:.6e}", r["num_samples"]])
+        plot_rotation_robustness({"model": r}, self.output_dir / "rotation_robustness.png")
+
+    def _log_to_wandb(self, trainer) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                r = self.results
+                table = wandb.Table(columns=["angle_deg", "accuracy", "invariance_error"],
+                                    data=[list(row) for row in zip(r["angles"], r["accuracy"], r["invariance_error"])])
+                logger.experiment.log({
+                    "test/rotation_robustness": table,
+                    "test/accuracy_vs_angle": wandb.plot.line(table, "angle_deg", "accuracy",
+                                                              title="Test accuracy vs rotation angle"),
+                })
+
+
+def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under rotation") -> None:
+    """Plot accuracy vs angle for one or several runs (``{label: result_dict}``) into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for label, r in curves.items():
+        ax.plot(r["angles"], [100 * a for a in r["accuracy"]], marker="o", markersize=3, label=label)
+    for quarter in (90, 180, 270):
+        ax.axvline(quarter, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("rotation angle (degrees)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlim(0, 360)
+    ax.set_xticks(range(0, 361, 45))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class EpochSummary(Callback):
+    """One plain log line per epoch (readable in Slurm logs where there is no progress bar), and the
+    learning rate logged as ``train/lr``."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.optimizers:
+            pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        shown = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()))
+        log.info("epoch %d/%s step %d: %s", trainer.current_epoch, trainer.max_epochs, trainer.global_step, shown)

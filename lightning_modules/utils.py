@@ -1,0 +1,137 @@
+"""Run-level helpers for train.py: config resolvers, building callbacks/loggers, config tree, git
+commit, metrics.json. (Hydra/OmegaConf live here and in train.py, never in gevit/.)"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- resolvers ------------------------------------------------------------------------------------
+def is_interactive() -> bool:
+    """A progress bar only makes sense on a terminal, and never inside a Slurm job's log file."""
+    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
+
+
+def wandb_should_be_offline() -> bool:
+    """Offline when the user set nothing and no credentials are found; WANDB_MODE always wins."""
+    if os.environ.get("WANDB_MODE"):
+        return False  # wandb reads WANDB_MODE itself (online, offline or disabled)
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" not in netrc.read_text()
+    except OSError:
+        return True
+
+
+def register_resolvers() -> None:
+    """Custom ``${...}`` resolvers used by conf/ (idempotent)."""
+    resolvers = {
+        "gevit_interactive": lambda: is_interactive(),
+        "gevit_wandb_offline": lambda: wandb_should_be_offline(),
+        "gevit_root": lambda: str(PROJECT_ROOT),
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+# ---- building -------------------------------------------------------------------------------------
+def instantiate_collection(cfg: Optional[DictConfig], kind: str) -> list:
+    """Instantiate every ``_target_`` node of ``cfg`` (a dict of name -> node); ``None`` entries are skipped."""
+    objects = []
+    if not cfg:
+        return objects
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"the {kind} config must be a mapping of name -> config, got {type(cfg).__name__}")
+    for name, node in cfg.items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ValueError(f"{kind}.{name} has no _target_; each {kind} entry must be instantiable")
+        objects.append(hydra.utils.instantiate(node))
+    return objects
+
+
+# ---- provenance -----------------------------------------------------------------------------------
+def git_state(root: Path = PROJECT_ROOT) -> dict:
+    """The commit the code runs at, and whether the work tree has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"git_commit": "unknown", "git_dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+
+
+def save_config(cfg: DictConfig, output_dir: Path, print_tree: bool = True) -> Path:
+    """Save the resolved config as ``config_resolved.yaml`` (and print it as a tree); return the path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "config_resolved.yaml"
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    path.write_text(resolved)
+    tree = config_tree(cfg)
+    (output_dir / "config_tree.log").write_text(tree)
+    if print_tree:
+        try:
+            from rich.console import Console
+            from rich.syntax import Syntax
+            from rich.tree import Tree
+
+            root = Tree("CONFIG", guide_style="dim")
+            for key, value in cfg.items():
+                branch = root.add(str(key), guide_style="dim")
+                text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+                branch.add(Syntax(text, "yaml"))
+            Console(stderr=True).print(root)
+        except Exception:  # printing is a courtesy; never fail a run over it
+            print(tree, file=sys.stderr)
+    return path
+
+
+def config_tree(cfg: DictConfig) -> str:
+    lines = []
+    for key, value in cfg.items():
+        lines.append(f"{key}:")
+        body = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else f"{value}\n"
+        lines.extend("  " + line for line in body.rstrip("\n").splitlines())
+    return "\n".join(lines) + "\n"
+
+
+def to_builtin(value: Any) -> Any:
+    """Tensors / numpy scalars -> python numbers, recursively (for JSON)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): to_builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_builtin(v) for v in value]
+    return value
+
+
+def write_metrics_json(path: Path, metrics: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_builtin(metrics), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
