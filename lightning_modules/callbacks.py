@@ -136,9 +136,10 @@ class EpochSummary(Callback):
         if trainer.optimizers:
             pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Runs after this epoch's validation, so train/ and val/ metrics belong to the same epoch.
+        if not trainer.is_global_zero:
             return
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        shown = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()))
-        log.info("epoch %d/%s step %d: %s", trainer.current_epoch, trainer.max_epochs, trainer.global_step, shown)
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
+        log.info("epoch %d/%s (step %d): %s", trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step, shown)
