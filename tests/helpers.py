@@ -19,6 +19,24 @@ TINY_VIT = [
 ]
 
 
+# Per LightningModule: overrides that shrink its model to seconds-per-batch size for smoke runs.
+TINY_MODELS = {
+    "lightning_modules.ImageClassifier": TINY_VIT,
+    "lightning_modules.GroupTransformerClassifier": [
+        "model.num_channels=8", "model.num_heads=2", "model.block_sizes=[1,1]", "model.expansion_per_block=1",
+        "model.crop_per_layer=[0,0]", "model.patch_size=3",
+    ],
+}
+
+
+def tiny_model_overrides(cfg: DictConfig) -> list[str]:
+    """The TINY_MODELS entry of the composed config's model (empty when unknown: the model runs as is)."""
+    target = cfg.model._target_
+    if target == "lightning_modules.ImageClassifier" and "VisionTransformer" not in cfg.model.net._target_:
+        return []
+    return list(TINY_MODELS.get(target, []))
+
+
 def compose_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """The composed train config with ``paths.output_dir`` = ``output_dir`` and HydraConfig set."""
     register_resolvers()

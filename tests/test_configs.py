@@ -13,7 +13,7 @@ import train as train_script
 from datamodules import RotMNISTDataModule
 from datamodules.formats import md5sum
 from tests.data_fixtures import mnist_digits, write_mnist_idx, write_pcam, write_rotmnist_zip
-from tests.helpers import CONF_DIR, TINY_VIT, compose_config
+from tests.helpers import CONF_DIR, compose_config, tiny_model_overrides
 
 
 def options(group: str) -> list[str]:
@@ -109,9 +109,15 @@ def test_every_debug_option_composes(name, tmp_path):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_runs_fast_dev_run(name, data_root, tmp_path):
     """A fast_dev_run of every experiment file on tiny real-format data: one batch of fit + test."""
-    data_name = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").defaults[0]["override /data"]
-    cfg = compose_config([f"experiment={name}", "debug=fdr"] + TINY_VIT + small_data(data_name, data_root)
-                         + ["callbacks.rotation_robustness.max_samples=4"], tmp_path)
+    probe = compose_config([f"experiment={name}"], tmp_path)
+    data_name = Path(probe.data._target_.split(".")[-1]).name
+    data_name = {"RotMNISTDataModule": "rotmnist", "RotMNIST10pctDataModule": "rotmnist_10pct",
+                 "MNISTDataModule": "mnist", "PCamDataModule": "pcam",
+                 "RotMNISTMiniDataModule": "rotmnist_mini"}.get(data_name, data_name)
+    cfg = compose_config([f"experiment={name}", "debug=fdr"] + tiny_model_overrides(probe)
+                         + small_data(data_name, data_root) + ["callbacks.rotation_robustness.max_samples=4",
+                                                             "callbacks.rotation_robustness.step_deg=90"],
+                         tmp_path)
     metrics, objects = train_script.run(cfg)
     assert metrics["status"] == "completed"
     assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -1,0 +1,291 @@
+"""Lifting and group self-attention with rotated relative positional encodings (GE-ViT / GSA-Nets).
+
+Shapes: the lifting layer maps an image ``(B, C_in, H, W)`` to a function on (group x space)
+``(B, C_out, |G|, H, W)``; the group layer maps ``(B, C_in, |G|, H, W)`` to ``(B, C_out, |G|, H, W)``.
+
+Attention is local (a k x k neighbourhood, positions outside the image masked out) or global
+(``patch_size=None``: implemented as a (2S-1) x (2S-1) neighbourhood on an S x S map, i.e. every
+position sees every other one). Each head has ``mid_channels`` channels; logits are scaled by
+``1/sqrt(C_in)`` (as in the original code). For an output group element ``v``:
+
+* lifting: ``logit(v, x, y) = q(x) . [k(y) + P_v(y - x)]``, softmax over the neighbours ``y``;
+* group: ``logit(v, g, x, m, y) = q(g, x) . [k(m, y) + P_v(y - x) + E(idx(v, g, m))]``, softmax over
+  ``(m, y)`` for each query element ``g``, and the output at ``v`` sums the attended values over ``g``.
+
+``P_v`` is the spatial encoding: row and column MLPs over normalised offsets acted on by ``v``;
+``E`` an embedding of group elements. The two encodings differ (``encoding=``):
+
+* ``gevit`` (GE-ViT, exact): ``P_v(d) = P(A_v^-1 d)`` and ``idx = a b^-1 a`` with ``a = v^-1 g``,
+  ``b = v^-1 m`` (for rotations ``2g - m - v``). Both depend on (v, g, m) only through ``v^-1 g`` and
+  ``v^-1 m``, which makes the layers equivariant: rotating the input by ``u`` (90-degree multiples, and
+  mirrors for E(2) groups) rotates the output in space and moves the group axis by ``g -> u g``.
+* ``gsanet`` (GSA-Nets, faithful to its code): ``P_v(d) = P(A_v d)`` and ``idx = v m g^-1``
+  (``m + v - g`` for rotations): not equivariant, by a small amount — the flaw GE-ViT corrects.
+
+The fast path materialises the logits once as ``(B, heads, HW, |G|_v, |G|_g, |G|_m * k^2)`` with
+broadcast adds (the content term does not depend on ``v``, the spatial term not on ``m``, the group
+term not on the offset), sums the probabilities over ``g`` before touching the values, and multiplies
+them with the unfolded values in one batched matmul. Attention dropout acts on these summed
+probabilities (cheaper than on the full tensor; identical in eval mode).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gevit.groups import Group, get_group
+
+ENCODINGS = ("gevit", "gsanet")
+
+
+class Swish(nn.Module):
+    """x * sigmoid(x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+class PositionMLP(nn.Module):
+    """Scalar normalised coordinate -> embedding: Linear(1, hidden) -> LayerNorm -> Swish -> Linear."""
+
+    def __init__(self, out_dim: int, hidden: int = 16):
+        super().__init__()
+        self.inp = nn.Linear(1, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.act = Swish()
+        self.out = nn.Linear(hidden, out_dim)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """(...) coordinates -> (..., out_dim)."""
+        return self.out(self.act(self.norm(self.inp(coords.unsqueeze(-1)))))
+
+
+def normalised_offsets(patch_size: int) -> torch.Tensor:
+    """Relative (row, col) offsets of a patch_size x patch_size neighbourhood scaled to [-1, 1],
+    shape (k*k, 2) in row-major order (the order of ``F.unfold``)."""
+    if patch_size < 3 or patch_size % 2 == 0:
+        raise ValueError(f"patch_size must be odd and >= 3, got {patch_size}")
+    half = (patch_size - 1) / 2
+    axis = (torch.arange(patch_size, dtype=torch.float64) - half) / half
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+
+
+def acted_offsets(group: Group, patch_size: int, encoding: str) -> torch.Tensor:
+    """(|G|, k*k, 2) offsets seen by each output element v: ``A_v^-1 d`` (gevit) or ``A_v d`` (gsanet)."""
+    offsets = normalised_offsets(patch_size)
+    mats = group.matrices()
+    if encoding == "gevit":
+        mats = mats.transpose(1, 2)  # orthogonal: inverse = transpose
+    # Zero out float dust (cos(pi/2) = 6e-17) so that exactly symmetric grids stay exactly symmetric.
+    acted = torch.einsum("vij,pj->vpi", mats, offsets)
+    return torch.where(acted.abs() < 1e-12, torch.zeros_like(acted), acted)
+
+
+def group_embedding_indices(group: Group, encoding: str) -> torch.Tensor:
+    """(|G|_v, |G|_g, |G|_m) indices into the group embedding (see the module docstring)."""
+    n = group.order
+    table, inv = group.cayley_table, group.inverses
+    idx = torch.empty(n, n, n, dtype=torch.long)
+    for v in range(n):
+        for g in range(n):
+            for m in range(n):
+                if encoding == "gevit":
+                    a = table[inv[v], g]
+                    b = table[inv[v], m]
+                    idx[v, g, m] = table[table[a, inv[b]], a]
+                else:
+                    idx[v, g, m] = table[table[v, m], inv[g]]
+    return idx
+
+
+def outside_mask(height: int, width: int, patch_size: int, device, dtype) -> torch.Tensor:
+    """(H*W, k*k) additive mask: 0 for neighbours inside the image, -inf outside."""
+    ones = torch.ones(1, 1, height, width, device=device, dtype=dtype)
+    inside = F.unfold(ones, patch_size, padding=patch_size // 2)[0].T  # (HW, k*k)
+    return torch.zeros_like(inside).masked_fill(inside == 0, float("-inf"))
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim; in place when no gradient is needed (saves a full-size allocation)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return logits.softmax(-1)
+    logits -= logits.amax(-1, keepdim=True)
+    logits.exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
+class _GroupAttentionBase(nn.Module):
+    """Shared parameters and bookkeeping of the lifting and group layers."""
+
+    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
+                 patch_size: Optional[int], image_size: int, attention_dropout: float, encoding: str,
+                 pos_channels: int):
+        super().__init__()
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.group = get_group(group)
+        self.in_channels, self.mid_channels, self.out_channels = in_channels, mid_channels, out_channels
+        self.num_heads = num_heads
+        self.is_global = patch_size is None
+        self.patch_size = 2 * image_size - 1 if self.is_global else patch_size
+        self.encoding = encoding
+        self.attention_dropout = attention_dropout
+        self.pos_channels = pos_channels
+        self.row_embedding = PositionMLP(pos_channels)
+        self.col_embedding = PositionMLP(pos_channels)
+        self.register_buffer("acted_offsets", acted_offsets(self.group, self.patch_size, encoding).float(),
+                             persistent=False)
+        self.wout = nn.Linear(mid_channels * num_heads, out_channels)
+        self._mask_cache: dict = {}
+        self._table_cache: dict = {}
+
+    def spatial_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row/column encodings of every acted offset: two (|G|, k*k, pos_channels) tensors.
+
+        They do not depend on the input: without gradients they are computed once and reused until a
+        parameter changes (tracked through the parameters' version counters)."""
+        if torch.is_grad_enabled() and self.training:
+            return self._compute_tables()
+        params = list(self.row_embedding.parameters()) + list(self.col_embedding.parameters())
+        key = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), self.acted_offsets.dtype)
+        if torch.is_grad_enabled() or self._table_cache.get("key") != key:
+            tables = self._compute_tables()
+            if torch.is_grad_enabled():
+                return tables
+            self._table_cache = {"key": key, "tables": tables}
+        return self._table_cache["tables"]
+
+    def _compute_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.row_embedding(self.acted_offsets[..., 0]), self.col_embedding(self.acted_offsets[..., 1])
+
+    def mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        key = (height, width, like.device, like.dtype)
+        if key not in self._mask_cache:
+            self._mask_cache = {key: outside_mask(height, width, self.patch_size, like.device, like.dtype)}
+        return self._mask_cache[key]
+
+    def project(self, linear_weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """1x1 projection over the channel dim 1 of x: (B, C, *S) -> (B, mid*heads, *S)."""
+        return torch.einsum("oc,bc...->bo...", linear_weight, x) + bias.view(1, -1, *([1] * (x.ndim - 2)))
+
+    def neighbourhoods(self, t: torch.Tensor, groups: int, keys: bool) -> torch.Tensor:
+        """Neighbourhoods of a projection t (B, mid*heads*groups, H, W), channel order (c, head, group),
+        zero-padded at the border: keys as (B, heads, HW, mid, groups*k*k), values as
+        (B, heads, HW, groups*k*k, mid) — the layouts the two matmuls consume, made with one copy
+        (strided views instead of ``F.unfold``, whose im2col is slow for many channels)."""
+        b, _, height, width = t.shape
+        k, r = self.patch_size, self.patch_size // 2
+        padded = F.pad(t, (r, r, r, r)).view(b, self.mid_channels, self.num_heads, groups, height + 2 * r,
+                                              width + 2 * r)
+        windows = padded.unfold(4, k, 1).unfold(5, k, 1)  # (B, mid, heads, groups, H, W, k, k)
+        if keys:
+            return windows.permute(0, 2, 4, 5, 1, 3, 6, 7).reshape(b, self.num_heads, height * width,
+                                                                   self.mid_channels, groups * k * k)
+        return windows.permute(0, 2, 4, 5, 3, 6, 7, 1).reshape(b, self.num_heads, height * width,
+                                                               groups * k * k, self.mid_channels)
+
+    def output(self, attended: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, heads, HW, |G|, mid) -> (B, C_out, |G|, H, W) through ``wout`` (channel order (c, head))."""
+        b, _, hw, n, _ = attended.shape
+        flat = attended.permute(0, 3, 2, 4, 1).reshape(b, n, hw, self.mid_channels * self.num_heads)
+        out = self.wout(flat)  # (B, |G|, HW, C_out)
+        return out.permute(0, 3, 1, 2).reshape(b, self.out_channels, n, height, width)
+
+    def dropout(self, probs: torch.Tensor) -> torch.Tensor:
+        return F.dropout(probs, self.attention_dropout, self.training) if self.attention_dropout > 0 else probs
+
+
+class LiftingSelfAttention(_GroupAttentionBase):
+    """Lifting self-attention: (B, C_in, H, W) -> (B, C_out, |G|, H, W).
+
+    Equivariance (encoding ``gevit`` or ``gsanet``, both exact here): for u a multiple of 90 degrees
+    (or a mirror, for E(2) groups), ``layer(u . x) = u . layer(x)`` with the action of
+    :meth:`gevit.groups.Group.act_on_feature_map` (group axis ``g -> u g`` for ``gevit``).
+    ``q`` is split into a row half and a column half for the positional term (mid_channels must be even).
+    """
+
+    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
+                 patch_size: Optional[int], image_size: int, attention_dropout: float = 0.0,
+                 encoding: str = "gevit"):
+        if mid_channels % 2:
+            raise ValueError(f"the lifting layer needs an even mid_channels, got {mid_channels}")
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads, patch_size, image_size,
+                         attention_dropout, encoding, pos_channels=mid_channels // 2)
+        self.query = nn.Linear(in_channels, mid_channels * num_heads)
+        self.key = nn.Linear(in_channels, mid_channels * num_heads)
+        self.value = nn.Linear(in_channels, mid_channels * num_heads)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        b, c, height, width = x.shape
+        hw, heads, mid, n = height * width, self.num_heads, self.mid_channels, self.group.order
+        # every logit term is linear in q, so the 1/sqrt(C_in) scale is applied to q once
+        q = self.project(self.query.weight, self.query.bias, x).reshape(b, mid, heads, hw).permute(0, 2, 3, 1)
+        q = q / math.sqrt(c)
+        k = self.neighbourhoods(self.project(self.key.weight, self.key.bias, x), 1, keys=True)
+        v = self.neighbourhoods(self.project(self.value.weight, self.value.bias, x), 1, keys=False)
+        content = (q.unsqueeze(-2) @ k).squeeze(-2)  # (B, heads, HW, k2)
+        content = content + self.mask(height, width, x)  # -inf for neighbours outside the image
+        rows, cols = self.spatial_tables()  # (|G|, k2, p)
+        p = self.pos_channels
+        position = q[..., :p] @ rows.reshape(-1, p).T + q[..., p:] @ cols.reshape(-1, p).T  # (B,h,HW,|G|*k2)
+        logits = position.view(b, heads, hw, n, -1) + content.unsqueeze(3)
+        probs = softmax_(logits)  # (B, heads, HW, |G|, k2)
+        attended = self.dropout(probs) @ v  # (B, heads, HW, |G|, mid)
+        out = self.output(attended, height, width)
+        return (out, probs) if return_attention else out
+
+
+class GroupSelfAttention(_GroupAttentionBase):
+    """Group self-attention: (B, C_in, |G|, H, W) -> (B, C_out, |G|, H, W).
+
+    ``q`` is split into row (mid//3), column (mid//3) and group (the rest) parts for the positional
+    terms. Equivariant for ``encoding="gevit"`` (see the module docstring); ``gsanet`` is not exactly.
+    """
+
+    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
+                 patch_size: Optional[int], image_size: int, attention_dropout: float = 0.0,
+                 encoding: str = "gevit"):
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads, patch_size, image_size,
+                         attention_dropout, encoding, pos_channels=mid_channels // 3)
+        self.group_channels = mid_channels - 2 * self.pos_channels
+        self.group_embedding = nn.Embedding(self.group.order, self.group_channels)
+        self.query = nn.Linear(in_channels, mid_channels * num_heads)
+        self.key = nn.Linear(in_channels, mid_channels * num_heads)
+        self.value = nn.Linear(in_channels, mid_channels * num_heads)
+        idx = group_embedding_indices(self.group, encoding)
+        self.register_buffer("group_indices", idx, persistent=False)
+        self.register_buffer("query_element", torch.arange(self.group.order).view(1, -1, 1).expand_as(idx).clone(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        b, c, n, height, width = x.shape
+        if n != self.group.order:
+            raise ValueError(f"expected a group axis of size {self.group.order} ({self.group.name}), got {n}")
+        hw, heads, mid = height * width, self.num_heads, self.mid_channels
+        k2 = self.patch_size ** 2
+        q = self.project(self.query.weight, self.query.bias, x).reshape(b, mid, heads, n, hw).permute(0, 2, 4, 3, 1)
+        q = q / math.sqrt(c)  # every logit term is linear in q
+        k = self.neighbourhoods(self.project(self.key.weight, self.key.bias, x).reshape(b, -1, height, width),
+                                n, keys=True)  # (B, heads, HW, mid, M*k2)
+        v = self.neighbourhoods(self.project(self.value.weight, self.value.bias, x).reshape(b, -1, height, width),
+                                n, keys=False)  # (B, heads, HW, M*k2, mid)
+        content = (q @ k).view(b, heads, hw, 1, n, n, k2)  # (B, heads, HW, 1, G, M, k2)
+        content = content + self.mask(height, width, x).view(1, 1, hw, 1, 1, 1, k2)
+        rows, cols = self.spatial_tables()  # (V, k2, p)
+        p = self.pos_channels
+        spatial = q[..., :p] @ rows.reshape(-1, p).T + q[..., p:2 * p] @ cols.reshape(-1, p).T  # (B,h,HW,G,V*k2)
+        spatial = spatial.view(b, heads, hw, n, n, 1, k2).transpose(3, 4).contiguous()  # (B,h,HW,V,G,1,k2)
+        group_scores = q[..., 2 * p:] @ self.group_embedding.weight.T  # (B, h, HW, G, N)
+        group_term = group_scores[:, :, :, self.query_element, self.group_indices]  # (B,h,HW,V,G,M)
+        logits = content + spatial  # (B, h, HW, V, G, M, k2)
+        logits += group_term.unsqueeze(-1)  # in place: the full-size tensor is allocated once
+        probs = softmax_(logits.flatten(-2))  # (B, h, HW, V, G, M*k2)
+        summed = probs.sum(4)  # the output at v sums over the query elements g
+        attended = self.dropout(summed) @ v  # (B, h, HW, V, mid)
+        out = self.output(attended, height, width)
+        return (out, probs) if return_attention else out

@@ -1,0 +1,258 @@
+"""GroupTransformer: the GE-ViT / GSA-Nets network (pixel-level group self-attention).
+
+input (B, C, H, W) -> dropout -> LiftingSelfAttention -> Norm -> Act
+  -> [GroupTransformerBlock (+ Norm -> Act if normalize_between_layers)] x block_sizes[i],
+     MaxPool(space, 2) between blocks (and after the last if maxpool_after_last_block)
+  -> 1x1 map to num_classes -> pool over space -> pool over the group -> logits (B, num_classes)
+
+The final pooling is explicit: the official code **sums over space and takes the max over the group**
+(``spatial_pooling="sum", group_pooling="max"``, our default, so official weights compute the official
+function), while the papers describe mean pooling; ``mean``/``max`` are available for both axes. All
+choices are invariant, so with ``encoding="gevit"`` the logits are exactly invariant under the
+90-degree rotations (and mirrors) contained in the group, provided every feature map keeps an even
+size before each max-pool (true for the official configurations).
+
+Use it from a notebook with ``gevit.create_model("gevit", group="p4", patch_size=5)`` (defaults are the
+official rotMNIST configuration: 44,428 parameters for p4 with 5x5 neighbourhoods).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from gevit.groups import get_group
+from gevit.layers.blocks import ChannelLinear, Crop, GroupTransformerBlock, make_activation, make_norm
+from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention, PositionMLP
+from gevit.registry import register_model
+
+log = logging.getLogger(__name__)
+
+SPATIAL_POOLINGS = ("sum", "mean", "max")
+GROUP_POOLINGS = ("max", "mean")
+
+
+def _per_item(values: Union[int, Sequence[int]], count: int, name: str) -> list[int]:
+    if isinstance(values, int):
+        return [values] * count
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries, expected {count}")
+    return values
+
+
+class GroupTransformer(nn.Module):
+    """Group self-attention network (see the module docstring).
+
+    Args:
+        group: a name of :mod:`gevit.groups` (z2, p4, p8, p12, p16, mz2, p4m, p8m).
+        patch_size: odd neighbourhood size k of local attention, or ``None``/``0``/``"global"`` for global.
+        encoding: ``gevit`` (exactly equivariant) or ``gsanet`` (the GSA-Nets encoding).
+        crop_per_layer: pixels cropped on each side after each transformer layer (int or one per layer).
+        expansion_per_block: channel multiplier at the first layer of each block (int or one per block).
+    """
+
+    def __init__(
+        self,
+        group: str = "p4",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        num_channels: int = 20,
+        num_heads: int = 9,
+        block_sizes: Sequence[int] = (2, 3),
+        expansion_per_block: Union[int, Sequence[int]] = 1,
+        crop_per_layer: Union[int, Sequence[int]] = (2, 0, 2, 1, 1),
+        patch_size: Union[int, str, None] = 5,
+        encoding: str = "gevit",
+        norm: str = "layer",
+        activation: str = "swish",
+        attention_dropout: float = 0.1,
+        value_dropout: float = 0.1,
+        input_dropout: float = 0.0,
+        normalize_between_layers: bool = False,
+        maxpool_after_last_block: bool = False,
+        dropout_after_maxpool: float = 0.0,
+        spatial_pooling: str = "sum",
+        group_pooling: str = "max",
+        whitening_scale: float = 1.41421356,
+    ):
+        super().__init__()
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
+            raise ValueError(f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
+                             f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}")
+        if patch_size in (None, 0, "global"):
+            patch_size = None
+        self.group = get_group(group)
+        self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
+        self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
+        self.exactly_invariant = encoding == "gevit"
+        num_layers = sum(block_sizes)
+        crops = _per_item(crop_per_layer, num_layers, "crop_per_layer")
+        expansions = [max(1, e) for e in _per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]
+
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.lifting = LiftingSelfAttention(self.group, in_channels, num_channels // 2, num_channels, num_heads,
+                                            patch_size, image_size, attention_dropout, encoding)
+        self.lifting_norm = make_norm(norm, num_channels)
+        self.lifting_act = make_activation(activation)
+
+        layers: list[nn.Module] = []
+        size, channels, layer = image_size, num_channels, 0
+        for block, (block_size, expansion) in enumerate(zip(block_sizes, expansions)):
+            out_channels = channels * expansion
+            for _ in range(block_size):
+                if size - 2 * crops[layer] < 1:
+                    raise ValueError(f"crop_per_layer={crops} leaves no pixels of a {image_size}x{image_size} input")
+                layers.append(GroupTransformerBlock(
+                    self.group, channels, out_channels, num_heads, patch_size, size, crops[layer], norm,
+                    activation, attention_dropout, value_dropout, encoding))
+                if normalize_between_layers:
+                    layers += [make_norm(norm, out_channels), make_activation(activation)]
+                size -= 2 * crops[layer]
+                channels = out_channels
+                layer += 1
+            if block < len(block_sizes) - 1 or maxpool_after_last_block:
+                if size % 2:
+                    # pooling drops the last row and column of an odd map: exact rotation invariance is lost
+                    self.exactly_invariant = False
+                    log.warning("max-pooling a %dx%d map after block %d drops its last row/column, so the "
+                                "network is not exactly rotation invariant; choose crop_per_layer so that "
+                                "every pooled map has an even size", size, size, block)
+                layers.append(nn.MaxPool3d(kernel_size=(1, 2, 2), stride=(1, 2, 2)))
+                if dropout_after_maxpool > 0:
+                    layers.append(nn.Dropout(dropout_after_maxpool))
+                size //= 2
+        self.transformer = nn.ModuleList(layers)
+        self.head = ChannelLinear(channels, num_classes, bias=False)
+        self.final_size = size
+        self.num_features = channels
+        self._initialise(whitening_scale)
+
+    def _initialise(self, whitening_scale: float) -> None:
+        """Weights ~ N(0, whitening_scale / sqrt(fan_in)), biases 0 (the original initialisation)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, whitening_scale / math.sqrt(module.weight.shape[1]))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: torch.Tensor, return_intermediates: bool = False):
+        """(B, C, H, W) -> (B, num_features, |G|, h, w) before the head; with ``return_intermediates``
+        also ``{"features": [...], "attention": [...]}``: the lifting output and every layer's output
+        (each (B, C, |G|, h, w)) and every attention layer's probabilities."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        features, attention = [], []
+        out = self.input_dropout(x)
+        if return_intermediates:
+            out, probs = self.lifting(out, return_attention=True)
+            attention.append(probs)
+        else:
+            out = self.lifting(out)
+        out = self.lifting_act(self.lifting_norm(out))
+        features.append(out)
+        for layer in self.transformer:
+            if return_intermediates and isinstance(layer, GroupTransformerBlock):
+                out, probs = layer(out, return_attention=True)
+                attention.append(probs)
+                features.append(out)
+            else:
+                out = layer(out)
+        return (out, {"features": features, "attention": attention}) if return_intermediates else out
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, K, |G|, h, w) class maps -> (B, K) logits, pooling space then the group."""
+        spatial = {"sum": lambda t: t.sum((-2, -1)), "mean": lambda t: t.mean((-2, -1)),
+                   "max": lambda t: t.amax((-2, -1))}[self.spatial_pooling](maps)
+        return spatial.amax(-1) if self.group_pooling == "max" else spatial.mean(-1)
+
+    def forward(self, x: torch.Tensor, return_intermediates: bool = False):
+        if return_intermediates:
+            features, extras = self.forward_features(x, return_intermediates=True)
+            return self.pool(self.head(features)), extras
+        return self.pool(self.head(self.forward_features(x)))
+
+
+@register_model("gevit")
+def gevit(**kwargs) -> GroupTransformer:
+    """GE-ViT: group self-attention with the equivariant positional encoding."""
+    return GroupTransformer(**{**kwargs, "encoding": "gevit"})
+
+
+@register_model("gsanet")
+def gsanet(**kwargs) -> GroupTransformer:
+    """GSA-Nets: the same network with the original (not exactly equivariant) positional encoding."""
+    return GroupTransformer(**{**kwargs, "encoding": "gsanet"})
+
+
+# ---- weights trained with the official code ----------------------------------------------------------
+_BUFFERS = ("row_indices", "col_indices", "g_indices", "group._identity", "group._elements",
+            "group._relative_positions")
+_RENAMES = (
+    ("lifting_self_attention.", "lifting."),
+    ("lifting_normalization.layer_norm.", "lifting_norm."),
+    (".attention.0.layer_norm.", ".pre_norm."),
+    (".attention.2.", ".attention."),
+    (".attention.3.layer_norm.", ".post_norm."),
+    (".layer_norm.", "."),
+    ("row_embedding.0.", "row_embedding.inp."),
+    ("row_embedding.3.", "row_embedding.out."),
+    ("row_embedding.1.", "row_embedding.norm."),
+    ("col_embedding.0.", "col_embedding.inp."),
+    ("col_embedding.3.", "col_embedding.out."),
+    ("col_embedding.1.", "col_embedding.norm."),
+    (".shortcut.0.", ".shortcut."),
+)
+
+
+def convert_official_state_dict(state_dict: dict, model: GroupTransformer) -> dict:
+    """Map a state_dict of the official GE-ViT / GSA-Nets ``GroupTransformer`` (optionally wrapped in
+    ``DataParallel``) onto ``model``'s parameter names and layouts.
+
+    1x1 convolutions become Linear weights (trailing singleton dims dropped); buffers the official code
+    stores (acted positions, group tables) are dropped because ``model`` recomputes them; the final
+    ``transformer.<last>`` 1x1 map becomes ``head``. Raises ``ValueError`` naming every key that
+    cannot be placed or has the wrong shape (e.g. a checkpoint of another configuration).
+    """
+    head_index = str(len(model.transformer))
+    target = model.state_dict()
+    converted, problems = {}, []
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key.startswith("group.") or any(key.endswith(b) for b in _BUFFERS):
+            continue
+        if key == f"transformer.{head_index}.weight":
+            key = "head.weight"
+        for old, new in _RENAMES:
+            key = key.replace(old, new)
+        if key not in target:
+            problems.append(f"unexpected key {key}")
+            continue
+        if value.ndim > target[key].ndim and value.numel() == target[key].numel():
+            value = value.reshape(target[key].shape)
+        if value.shape != target[key].shape:
+            problems.append(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(target[key].shape)}")
+            continue
+        converted[key] = value
+    missing = sorted(set(target) - set(converted))
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if problems:
+        raise ValueError("the official checkpoint does not match this GroupTransformer configuration: "
+                         + "; ".join(problems))
+    return converted
+
+
+def load_official_weights(model: GroupTransformer, path: str) -> GroupTransformer:
+    """Load weights saved by the official GE-ViT / GSA-Nets code from ``path`` into ``model``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    model.load_state_dict(convert_official_state_dict(state, model), strict=True)
+    return model
