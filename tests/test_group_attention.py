@@ -85,3 +85,14 @@ def test_gsanet_group_layer_is_not_equivariant():
     layer = randomise(GroupSelfAttention("p4", 3, 6, 4, 2, patch_size=3, image_size=5, encoding="gsanet"))
     x = torch.randn(1, 3, 4, 5, 5, dtype=torch.float64)
     assert rel_error(layer(group.act_on_feature_map(x, u)), group.act_on_feature_map(layer(x), u)) > 1e-4
+
+
+@pytest.mark.parametrize("cls,shape", [(LiftingSelfAttention, (2, 2, 6, 5)), (GroupSelfAttention, (2, 2, 4, 6, 5))])
+def test_chunked_queries_compute_the_same_function(cls, shape):
+    layer = randomise(cls("p4", 2, 6 if cls is GroupSelfAttention else 4, 3, 2, patch_size=3, image_size=6))
+    x = torch.randn(*shape, dtype=torch.float64)
+    whole = layer(x)
+    layer.chunk_elements = 1  # one image row per chunk
+    assert torch.allclose(layer(x), whole, atol=1e-12)
+    out, probs = layer(x, return_attention=True)
+    assert probs.shape[2] == 30 and torch.allclose(out, whole, atol=1e-12)

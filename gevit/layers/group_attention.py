@@ -22,10 +22,14 @@ position sees every other one). Each head has ``mid_channels`` channels; logits 
 * ``gsanet`` (GSA-Nets, faithful to its code): ``P_v(d) = P(A_v d)`` and ``idx = v m g^-1``
   (``m + v - g`` for rotations): not equivariant, by a small amount — the flaw GE-ViT corrects.
 
-The fast path materialises the logits once as ``(B, heads, HW, |G|_v, |G|_g, |G|_m * k^2)`` with
-broadcast adds (the content term does not depend on ``v``, the spatial term not on ``m``, the group
-term not on the offset), sums the probabilities over ``g`` before touching the values, and multiplies
-them with the unfolded values in one batched matmul. Attention dropout acts on these summed
+The fast path builds the logits ``(B, heads, P, |G|_v, |G|_g, |G|_m * k^2)`` for a chunk of P query
+positions with broadcast adds (the content term does not depend on ``v``, the spatial term not on
+``m``, the group term not on the offset), sums the probabilities over ``g`` before touching the
+values, and multiplies them with the values in one batched matmul. Query rows are processed in chunks
+only when a batch would exceed ``chunk_elements`` logits (a memory bound for large evaluation
+batches); keys/values are strided views of the padded projections, copied once per chunk; the
+input-independent positional tables are computed once per forward (once per weight change without
+gradients), and without gradients the softmax runs in place. Attention dropout acts on the summed
 probabilities (cheaper than on the full tensor; identical in eval mode).
 """
 from __future__ import annotations
@@ -143,6 +147,8 @@ class _GroupAttentionBase(nn.Module):
         self.wout = nn.Linear(mid_channels * num_heads, out_channels)
         self._mask_cache: dict = {}
         self._table_cache: dict = {}
+        # Logits per chunk of query rows: bounds the memory of large batches (0: never chunk).
+        self.chunk_elements = 1 << 26
 
     def spatial_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row/column encodings of every acted offset: two (|G|, k*k, pos_channels) tensors.
@@ -173,21 +179,39 @@ class _GroupAttentionBase(nn.Module):
         """1x1 projection over the channel dim 1 of x: (B, C, *S) -> (B, mid*heads, *S)."""
         return torch.einsum("oc,bc...->bo...", linear_weight, x) + bias.view(1, -1, *([1] * (x.ndim - 2)))
 
-    def neighbourhoods(self, t: torch.Tensor, groups: int, keys: bool) -> torch.Tensor:
-        """Neighbourhoods of a projection t (B, mid*heads*groups, H, W), channel order (c, head, group),
-        zero-padded at the border: keys as (B, heads, HW, mid, groups*k*k), values as
-        (B, heads, HW, groups*k*k, mid) — the layouts the two matmuls consume, made with one copy
-        (strided views instead of ``F.unfold``, whose im2col is slow for many channels)."""
+    def padded(self, t: torch.Tensor, groups: int) -> torch.Tensor:
+        """A projection t (B, mid*heads*groups, H, W), channel order (c, head, group), zero-padded by
+        k//2 and split as (B, mid, heads, groups, H + 2r, W + 2r)."""
         b, _, height, width = t.shape
-        k, r = self.patch_size, self.patch_size // 2
-        padded = F.pad(t, (r, r, r, r)).view(b, self.mid_channels, self.num_heads, groups, height + 2 * r,
-                                              width + 2 * r)
-        windows = padded.unfold(4, k, 1).unfold(5, k, 1)  # (B, mid, heads, groups, H, W, k, k)
-        if keys:
-            return windows.permute(0, 2, 4, 5, 1, 3, 6, 7).reshape(b, self.num_heads, height * width,
-                                                                   self.mid_channels, groups * k * k)
-        return windows.permute(0, 2, 4, 5, 3, 6, 7, 1).reshape(b, self.num_heads, height * width,
-                                                               groups * k * k, self.mid_channels)
+        r = self.patch_size // 2
+        return F.pad(t, (r, r, r, r)).view(b, self.mid_channels, self.num_heads, groups, height + 2 * r,
+                                           width + 2 * r)
+
+    def _windows(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
+        """k x k windows of the query rows ``rows`` as a strided view (B, mid, heads, groups, R, W, k, k)
+        (``F.unfold``'s im2col is slow for many channels; slicing the padded rows first keeps the
+        backward pass proportional to the chunk)."""
+        k = self.patch_size
+        return padded[:, :, :, :, rows.start:rows.stop + k - 1].unfold(4, k, 1).unfold(5, k, 1)
+
+    def keys_of(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Keys of the queries in image rows ``rows``: (B, heads, R*W, mid, groups*k*k)."""
+        b, mid, heads, groups = padded.shape[:4]
+        windows = self._windows(padded, rows).permute(0, 2, 4, 5, 1, 3, 6, 7)
+        return windows.reshape(b, heads, -1, mid, groups * self.patch_size ** 2)
+
+    def values_of(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Values of the queries in image rows ``rows``: (B, heads, R*W, groups*k*k, mid)."""
+        b, mid, heads, groups = padded.shape[:4]
+        windows = self._windows(padded, rows).permute(0, 2, 4, 5, 3, 6, 7, 1)
+        return windows.reshape(b, heads, -1, groups * self.patch_size ** 2, mid)
+
+    def row_chunks(self, height: int, width: int, per_position: int) -> list[slice]:
+        """Split the query rows so that each chunk's logits hold at most about ``chunk_elements`` numbers."""
+        if self.chunk_elements <= 0:
+            return [slice(0, height)]
+        rows = max(1, min(height, self.chunk_elements // max(1, width * per_position)))
+        return [slice(r, min(height, r + rows)) for r in range(0, height, rows)]
 
     def output(self, attended: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, heads, HW, |G|, mid) -> (B, C_out, |G|, H, W) through ``wout`` (channel order (c, head))."""
@@ -226,16 +250,25 @@ class LiftingSelfAttention(_GroupAttentionBase):
         # every logit term is linear in q, so the 1/sqrt(C_in) scale is applied to q once
         q = self.project(self.query.weight, self.query.bias, x).reshape(b, mid, heads, hw).permute(0, 2, 3, 1)
         q = q / math.sqrt(c)
-        k = self.neighbourhoods(self.project(self.key.weight, self.key.bias, x), 1, keys=True)
-        v = self.neighbourhoods(self.project(self.value.weight, self.value.bias, x), 1, keys=False)
-        content = (q.unsqueeze(-2) @ k).squeeze(-2)  # (B, heads, HW, k2)
-        content = content + self.mask(height, width, x)  # -inf for neighbours outside the image
+        k_windows = self.padded(self.project(self.key.weight, self.key.bias, x), 1)
+        v_windows = self.padded(self.project(self.value.weight, self.value.bias, x), 1)
+        mask = self.mask(height, width, x)  # (HW, k2): -inf for neighbours outside the image
         rows, cols = self.spatial_tables()  # (|G|, k2, p)
         p = self.pos_channels
-        position = q[..., :p] @ rows.reshape(-1, p).T + q[..., p:] @ cols.reshape(-1, p).T  # (B,h,HW,|G|*k2)
-        logits = position.view(b, heads, hw, n, -1) + content.unsqueeze(3)
-        probs = softmax_(logits)  # (B, heads, HW, |G|, k2)
-        attended = self.dropout(probs) @ v  # (B, heads, HW, |G|, mid)
+        row_table, col_table = rows.reshape(-1, p).T, cols.reshape(-1, p).T
+        outputs, all_probs = [], []
+        for chunk in self.row_chunks(height, width, b * heads * n * self.patch_size ** 2):
+            positions = slice(chunk.start * width, chunk.stop * width)
+            qc = q[:, :, positions]
+            content = (qc.unsqueeze(-2) @ self.keys_of(k_windows, chunk)).squeeze(-2) + mask[positions]
+            position = qc[..., :p] @ row_table + qc[..., p:] @ col_table  # (B, h, P, |G|*k2)
+            logits = position.view(b, heads, qc.shape[2], n, -1) + content.unsqueeze(3)
+            probs = softmax_(logits)  # (B, heads, P, |G|, k2)
+            outputs.append(self.dropout(probs) @ self.values_of(v_windows, chunk))  # (B, heads, P, |G|, mid)
+            if return_attention:
+                all_probs.append(probs)
+        attended = torch.cat(outputs, dim=2)
+        probs = torch.cat(all_probs, dim=2) if return_attention else None
         out = self.output(attended, height, width)
         return (out, probs) if return_attention else out
 
@@ -270,22 +303,32 @@ class GroupSelfAttention(_GroupAttentionBase):
         k2 = self.patch_size ** 2
         q = self.project(self.query.weight, self.query.bias, x).reshape(b, mid, heads, n, hw).permute(0, 2, 4, 3, 1)
         q = q / math.sqrt(c)  # every logit term is linear in q
-        k = self.neighbourhoods(self.project(self.key.weight, self.key.bias, x).reshape(b, -1, height, width),
-                                n, keys=True)  # (B, heads, HW, mid, M*k2)
-        v = self.neighbourhoods(self.project(self.value.weight, self.value.bias, x).reshape(b, -1, height, width),
-                                n, keys=False)  # (B, heads, HW, M*k2, mid)
-        content = (q @ k).view(b, heads, hw, 1, n, n, k2)  # (B, heads, HW, 1, G, M, k2)
-        content = content + self.mask(height, width, x).view(1, 1, hw, 1, 1, 1, k2)
+        k_windows = self.padded(self.project(self.key.weight, self.key.bias, x).reshape(b, -1, height, width), n)
+        v_windows = self.padded(self.project(self.value.weight, self.value.bias, x).reshape(b, -1, height, width), n)
+        mask = self.mask(height, width, x).view(hw, 1, 1, 1, k2)  # -inf for neighbours outside the image
         rows, cols = self.spatial_tables()  # (V, k2, p)
         p = self.pos_channels
-        spatial = q[..., :p] @ rows.reshape(-1, p).T + q[..., p:2 * p] @ cols.reshape(-1, p).T  # (B,h,HW,G,V*k2)
-        spatial = spatial.view(b, heads, hw, n, n, 1, k2).transpose(3, 4).contiguous()  # (B,h,HW,V,G,1,k2)
-        group_scores = q[..., 2 * p:] @ self.group_embedding.weight.T  # (B, h, HW, G, N)
-        group_term = group_scores[:, :, :, self.query_element, self.group_indices]  # (B,h,HW,V,G,M)
-        logits = content + spatial  # (B, h, HW, V, G, M, k2)
-        logits += group_term.unsqueeze(-1)  # in place: the full-size tensor is allocated once
-        probs = softmax_(logits.flatten(-2))  # (B, h, HW, V, G, M*k2)
-        summed = probs.sum(4)  # the output at v sums over the query elements g
-        attended = self.dropout(summed) @ v  # (B, h, HW, V, mid)
+        row_table, col_table = rows.reshape(-1, p).T, cols.reshape(-1, p).T
+        group_table = self.group_embedding.weight.T
+        outputs, all_probs = [], []
+        for chunk in self.row_chunks(height, width, b * heads * n * n * n * k2):
+            positions = slice(chunk.start * width, chunk.stop * width)
+            qc = q[:, :, positions]  # (B, h, P, G, mid)
+            count = qc.shape[2]
+            content = (qc @ self.keys_of(k_windows, chunk)).view(b, heads, count, 1, n, n, k2)
+            content = content + mask[positions].unsqueeze(0).unsqueeze(0)  # (B, h, P, 1, G, M, k2)
+            spatial = qc[..., :p] @ row_table + qc[..., p:2 * p] @ col_table  # (B, h, P, G, V*k2)
+            spatial = spatial.view(b, heads, count, n, n, 1, k2).transpose(3, 4)  # (B, h, P, V, G, 1, k2)
+            group_scores = qc[..., 2 * p:] @ group_table  # (B, h, P, G, N)
+            group_term = group_scores[:, :, :, self.query_element, self.group_indices]  # (B, h, P, V, G, M)
+            logits = content + spatial  # (B, h, P, V, G, M, k2)
+            logits += group_term.unsqueeze(-1)  # in place: the full-size tensor is allocated once
+            probs = softmax_(logits.flatten(-2))  # (B, h, P, V, G, M*k2)
+            summed = probs.sum(4)  # the output at v sums over the query elements g
+            outputs.append(self.dropout(summed) @ self.values_of(v_windows, chunk))  # (B, h, P, V, mid)
+            if return_attention:
+                all_probs.append(probs)
+        attended = torch.cat(outputs, dim=2)
+        probs = torch.cat(all_probs, dim=2) if return_attention else None
         out = self.output(attended, height, width)
         return (out, probs) if return_attention else out
