@@ -6,6 +6,7 @@ from datamodules.pcam import PCamDataModule
 from datamodules.rotmnist import RotMNISTDataModule
 from datamodules.rotmnist_10pct import RotMNIST10pctDataModule
 from datamodules.rotmnist_mini import RotMNISTMiniDataModule
+from datamodules.lensing import LensingDataModule
 
 __all__ = [
     "BaseImageDataModule",

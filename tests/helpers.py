@@ -32,7 +32,9 @@ TINY_MODELS = {
 def tiny_model_overrides(cfg: DictConfig) -> list[str]:
     """The TINY_MODELS entry of the composed config's model (empty when unknown: the model runs as is)."""
     target = cfg.model._target_
-    if target == "lightning_modules.ImageClassifier" and "VisionTransformer" not in cfg.model.net._target_:
+    # the ViT, EqCvT and CvT share the size arguments (embed_dim, depth, num_heads, mlp_hidden_dim)
+    if target == "lightning_modules.ImageClassifier" and not cfg.model.net._target_.endswith(
+            ("VisionTransformer", "EqCvT", "CvT")):
         return []
     return list(TINY_MODELS.get(target, []))
 

@@ -14,6 +14,7 @@ from datamodules import RotMNISTDataModule
 from datamodules.formats import md5sum
 from tests.data_fixtures import mnist_digits, write_mnist_idx, write_pcam, write_rotmnist_zip
 from tests.helpers import CONF_DIR, compose_config, tiny_model_overrides
+from tests.test_lensing import write_lensing_folders
 
 
 def options(group: str) -> list[str]:
@@ -29,6 +30,7 @@ def data_root(tmp_path_factory) -> Path:
     write_mnist_idx(root / "mnist", "train", images[:40], labels[:40])
     write_mnist_idx(root / "mnist", "t10k", images[40:56], labels[40:56])
     write_pcam(root / "pcam", {"train": 8, "val": 4, "test": 4})
+    write_lensing_folders(root / "lensing", per_class=10)
     return root
 
 
@@ -46,6 +48,7 @@ def small_data(name: str, root: Path) -> list[str]:
         "mnist": [f"data.data_dir={root}/mnist", "data.val_size=10", f"data.rotmnist_dir={root}/rotmnist"],
         "pcam": [f"data.data_dir={root}/pcam", "data.num_workers=0"],
         "rotmnist_mini": ["data.train_size=32", "data.val_size=16", "data.test_size=16"],
+        "lensing": [f"data.data_dir={root}/lensing", "data.num_workers=0"],
     }[name] + ["data.batch_size=4", "data.eval_batch_size=8"]
 
 
@@ -113,7 +116,7 @@ def test_every_experiment_runs_fast_dev_run(name, data_root, tmp_path):
     data_name = Path(probe.data._target_.split(".")[-1]).name
     data_name = {"RotMNISTDataModule": "rotmnist", "RotMNIST10pctDataModule": "rotmnist_10pct",
                  "MNISTDataModule": "mnist", "PCamDataModule": "pcam",
-                 "RotMNISTMiniDataModule": "rotmnist_mini"}.get(data_name, data_name)
+                 "RotMNISTMiniDataModule": "rotmnist_mini", "LensingDataModule": "lensing"}.get(data_name, data_name)
     cfg = compose_config([f"experiment={name}", "debug=fdr"] + tiny_model_overrides(probe)
                          + small_data(data_name, data_root) + ["callbacks.rotation_robustness.max_samples=4",
                                                              "callbacks.rotation_robustness.step_deg=90"],
