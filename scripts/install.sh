@@ -3,7 +3,7 @@
 #
 #   bash scripts/install.sh            # -> .venv (a link to a cached venv keyed on the dependency list)
 #
-# The venv lives in ${GEVIT_VENV_CACHE:-~/.cache/gevit/venvs}/<hash of pyproject.toml + this script> and
+# The venv lives in ${GEVIT_VENV_CACHE:-~/.cache/gevit/venvs}/<hash of the dependency list + this script> and
 # .venv links to it, so a fresh clone with the same dependencies reuses it in seconds; any change to
 # the dependency list builds a new one. Set GEVIT_VENV=DIR to install into DIR instead (no cache).
 #
@@ -15,7 +15,15 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PY="${PYTHON:-python3}"
 
-hash_deps() { cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16; }
+# The cache key: the declared dependencies (not the rest of pyproject.toml) and this script.
+dependency_list() {
+    "$PY" - <<'PYEOF' 2>/dev/null || cat pyproject.toml
+import json, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print(json.dumps([project["dependencies"], project.get("optional-dependencies", {})], sort_keys=True))
+PYEOF
+}
+hash_deps() { { dependency_list; cat scripts/install.sh; } | sha256sum | cut -c1-16; }
 
 if [[ -n "${GEVIT_VENV:-}" ]]; then
     VENV="$GEVIT_VENV"
