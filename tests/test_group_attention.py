@@ -96,3 +96,11 @@ def test_chunked_queries_compute_the_same_function(cls, shape):
     assert torch.allclose(layer(x), whole, atol=1e-12)
     out, probs = layer(x, return_attention=True)
     assert probs.shape[2] == 30 and torch.allclose(out, whole, atol=1e-12)
+
+
+def test_layer_gradients_match_the_reference():
+    layer = randomise(GroupSelfAttention("p4", 2, 6, 3, 2, patch_size=3, image_size=4))
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    (grad_fast,) = torch.autograd.grad(layer(x).square().sum(), x)
+    (grad_ref,) = torch.autograd.grad(reference_group(layer, x).square().sum(), x)
+    assert torch.allclose(grad_fast, grad_ref, atol=1e-9)
