@@ -26,6 +26,10 @@ TINY_MODELS = {
         "model.num_channels=8", "model.num_heads=2", "model.block_sizes=[1,1]", "model.expansion_per_block=1",
         "model.crop_per_layer=[0,0]", "model.patch_size=3",
     ],
+    "lightning_modules.HybridClassifier": [
+        "model.stem_channels=[2,4]", "model.stem_kernel_size=3", "model.num_channels=8", "model.num_heads=2",
+        "model.block_sizes=[1]", "model.patch_size=3", "model.embed_dim=4",
+    ],
 }
 
 

@@ -4,3 +4,4 @@ from gevit.models.vit import Attention, Block, Mlp, PatchEmbed, VisionTransforme
 from gevit.models.eqcvt import CvT, EqCvT, SymmetricConv2d
 
 __all__ = ["Attention", "Block", "Mlp", "PatchEmbed", "VisionTransformer", "convert_peer_vit_state_dict"]
+from gevit.models.hybrid import HybridViT, SymmetricPatchEmbed  # noqa: E402,F401

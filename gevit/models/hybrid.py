@@ -1,0 +1,276 @@
+"""Hybrid ViT: an invariant stem that shrinks the image to a small "artificial image", then GE-ViT on it.
+
+GE-ViT attends at pixel level over (group x space), so its cost grows with the number of pixels. The hybrid
+first maps the input (B, C, S, S) to a small map (B, D, s, s) (28x28 -> 7x7, 96x96 -> 12x12 or 6x6) whose
+*values* are invariant and whose *grid* rotates with the input, and runs the GE-ViT
+:class:`~gevit.models.group_transformer.GroupTransformer` of the same group on it. Two stems:
+
+``stem="escnn"``
+    ``len(stem_channels)`` stages, each ``R2Conv`` (odd kernel k, padding k//2, stride 1; regular fields of
+    ``gspaces.rot2dOnR2(n)`` for pN, ``flipRot2dOnR2(n)`` for pNm) -> ``InnerBatchNorm`` -> ``ReLU`` ->
+    downsampling by 2; then ``GroupPooling`` (max over each regular field) gives invariant scalar fields,
+    the input type GE-ViT's lifting layer expects (regular fields cannot be handed over as they are: the
+    lifting layer treats input channels as scalars, so a permuted fibre would break invariance).
+
+``stem="patch_embed"`` (the lighter variant)
+    non-overlapping P x P patches (``embed_patch_size``), each embedded by one shared Linear averaged over
+    the group orbit of the patch (its 4 quarter turns, and their mirrors for pNm). Averaging a linear map
+    over the orbit is the same as using the orbit-averaged weight, so it is computed as one stride-P
+    convolution with a C4/D4-symmetric kernel: every patch feature is exactly invariant.
+
+**Exactness.** ``f(rot90(x)) == f(x)`` (and ``f(flip(x)) == f(x)`` for pNm) up to float rounding, at the
+data sets' sizes, because every spatial operation commutes with the quarter turns (and mirrors) of the
+square grid, which needs its sampling grid to map onto itself:
+
+* stride-1 convolutions with an odd kernel and symmetric padding k//2 keep the size and the centre;
+  ``R2Conv`` kernels are exactly C4/D4-steerable on the pixel grid (quarter turns permute grid points);
+* ``downsample="avg"``/``"max"``: a 2x2 window with stride 2 tiles an **even** map exactly, and the tiling
+  is mapped onto itself by rot90 and flips (28 -> 14 -> 7; 96 -> 48 -> 24 -> 12 -> 6). An odd map has
+  no such tiling and is refused;
+* ``downsample="antialiased"``: escnn's Gaussian blur (odd filter) with stride 2 has a symmetric grid
+  only on an **odd** map (first and last window centres are mirror images iff ``size - 1`` is even).
+  An even map is therefore first made odd by a 2x2 mean with stride 1 (28 -> 27; the window is centred
+  on the half-pixel grid, so the map stays centred). Padding one row and column on one side (28 -> 29)
+  would *not* do: it moves the image centre and symmetric padding never changes the parity. Then the
+  blur with stride 2 and padding filter//2 halves it: 28 -> 27 -> 14 -> 13 -> 7; 96 -> ... -> 12 -> 11 -> 6;
+* the patch embedding needs ``image_size % embed_patch_size == 0`` so that the patch grid maps onto itself;
+* GE-ViT is exactly invariant when every map it max-pools is even (checked: its ``exactly_invariant``
+  flag is copied to :attr:`HybridViT.exactly_invariant`). On an odd artificial image (7x7) use a single
+  block (``block_sizes=[k]``) so that it never pools.
+
+Use it from a notebook with ``gevit.create_model("hybrid", group="p4")`` (defaults: RotMNIST, escnn stem,
+GE-ViT with 5x5 neighbourhoods on 7x7; ``patch_size=None`` for global).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gevit.groups import get_group
+from gevit.models.group_transformer import GroupTransformer
+from gevit.registry import register_model
+
+STEMS = ("escnn", "patch_embed")
+DOWNSAMPLES = ("avg", "max", "antialiased")
+
+
+def make_gspace(group_name: str):
+    """The escnn gspace of a :mod:`gevit.groups` name: pN -> ``rot2dOnR2(N)``, pNm -> ``flipRot2dOnR2(N)``."""
+    from escnn import gspaces
+
+    group = get_group(group_name)
+    if group.mirror:
+        return gspaces.flipRot2dOnR2(group.num_rotations)
+    return gspaces.rot2dOnR2(group.num_rotations)
+
+
+class SymmetricPatchEmbed(nn.Module):
+    """Patch embedding whose output is exactly invariant to the quarter turns (and mirrors) of each patch.
+
+    ``(B, C, S, S) -> (B, dim, S/P, S/P)``. One shared Linear ``C*P*P -> dim`` is averaged over the orbit
+    of each patch under C4 (``mirror=False``) or D4 (``mirror=True``): ``mean_g W(g . patch)``. By
+    linearity this equals the orbit-averaged weight applied once, so the module stores the Linear's weight
+    and symmetrises it on the fly (gradients reach the shared weight exactly as in the averaged form).
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, mirror: bool = False, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.dim, self.patch_size, self.mirror = in_channels, dim, patch_size, mirror
+        self.proj = nn.Linear(in_channels * patch_size * patch_size, dim, bias=bias)
+
+    def kernel(self) -> torch.Tensor:
+        """The orbit-averaged weight as a conv kernel ``(dim, C, P, P)``."""
+        weight = self.proj.weight.view(self.dim, self.in_channels, self.patch_size, self.patch_size)
+        images = [torch.rot90(weight, r, dims=(-2, -1)) for r in range(4)]
+        if self.mirror:
+            images += [torch.flip(image, dims=(-1,)) for image in images]
+        return torch.stack(images).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}")
+        return F.conv2d(x, self.kernel(), self.proj.bias, stride=self.patch_size)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.dim}, patch_size={self.patch_size}, mirror={self.mirror}"
+
+
+def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Sequence[int],
+                     kernel_sizes: Union[int, Sequence[int]], downsample: str, pool_sigma: float):
+    """The escnn stem as a :class:`~gevit.escnn_utils.GeometricWrapper` and its output side.
+
+    Each entry of ``channels`` is one stage with that many regular fields; the stem ends with
+    ``GroupPooling`` (so it outputs ``channels[-1]`` invariant scalar fields). Raises ``ValueError`` where
+    a downsampling step would not commute with the rotations (see the module docstring).
+    """
+    from escnn import nn as enn
+
+    from gevit.escnn_utils import GeometricWrapper
+
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+    kernel_sizes = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) else list(kernel_sizes)
+    if len(kernel_sizes) != len(channels):
+        raise ValueError(f"stem_kernel_size has {len(kernel_sizes)} entries, expected {len(channels)}")
+    gspace = make_gspace(group)
+    in_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
+    current, size, layers = in_type, image_size, []
+    for fields, kernel in zip(channels, kernel_sizes):
+        if kernel % 2 == 0:
+            raise ValueError(f"stem kernels must be odd (a centred window), got {kernel}")
+        hidden = enn.FieldType(gspace, fields * [gspace.regular_repr])
+        layers += [enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
+                   enn.InnerBatchNorm(hidden), enn.ReLU(hidden, inplace=True)]
+        if downsample == "antialiased":
+            if size % 2 == 0:  # even -> odd with a centred 2x2 mean (stride 1)
+                layers.append(enn.PointwiseAvgPool2D(hidden, kernel_size=2, stride=1))
+                size -= 1
+            pool = enn.PointwiseAvgPoolAntialiased2D(hidden, sigma=pool_sigma, stride=2)
+            layers.append(pool)
+            size = (size + 2 * pool.padding[0] - pool.filter.shape[-1]) // 2 + 1
+        else:
+            if size % 2:
+                raise ValueError(f"downsample={downsample!r} needs even maps, but a stage sees {size}x{size} "
+                                 f"(image_size {image_size}); use fewer stages or downsample='antialiased'")
+            cls = enn.PointwiseAvgPool2D if downsample == "avg" else enn.PointwiseMaxPool2D
+            layers.append(cls(hidden, kernel_size=2, stride=2))
+            size //= 2
+        current = hidden
+    layers.append(enn.GroupPooling(current))
+    stem = GeometricWrapper(enn.SequentialModule(*layers))
+    if stem.output_size(image_size) != size:  # the geometry above is what escnn computes
+        raise RuntimeError(f"stem output {stem.output_size(image_size)} != expected {size}")
+    return stem, size
+
+
+class HybridViT(nn.Module):
+    """Invariant stem -> GE-ViT (same group) -> logits; ``(B, C, S, S) -> (B, num_classes)``.
+
+    Args:
+        group: a :mod:`gevit.groups` name (p4, p8, p4m, ...), used by the stem and by GE-ViT.
+        stem: ``escnn`` (steerable CNN + group pooling) or ``patch_embed`` (orbit-averaged patch Linear).
+        stem_channels: regular fields per escnn stage (each stage halves the map).
+        stem_kernel_size: odd R2Conv kernel (int or one per stage).
+        downsample: ``avg`` / ``max`` (2x2, stride 2, even maps) or ``antialiased`` (escnn's Gaussian).
+        embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
+        patch_size: GE-ViT's attention neighbourhood on the artificial image (odd int), or ``None`` /
+            ``"global"`` for global attention.
+        remaining arguments: those of :class:`~gevit.models.group_transformer.GroupTransformer`.
+    """
+
+    def __init__(
+        self,
+        group: str = "p4",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        stem: str = "escnn",
+        stem_channels: Sequence[int] = (8, 16),
+        stem_kernel_size: Union[int, Sequence[int]] = (5, 3),
+        downsample: str = "avg",
+        pool_sigma: float = 0.66,
+        embed_patch_size: int = 4,
+        embed_dim: int = 16,
+        patch_size: Union[int, str, None] = 5,
+        num_channels: int = 20,
+        num_heads: int = 9,
+        block_sizes: Sequence[int] = (4,),
+        expansion_per_block: Union[int, Sequence[int]] = 1,
+        crop_per_layer: Union[int, Sequence[int]] = 0,
+        encoding: str = "gevit",
+        norm: str = "layer",
+        activation: str = "swish",
+        attention_dropout: float = 0.1,
+        value_dropout: float = 0.1,
+        input_dropout: float = 0.0,
+        normalize_between_layers: bool = False,
+        maxpool_after_last_block: bool = False,
+        dropout_after_maxpool: float = 0.0,
+        spatial_pooling: str = "mean",
+        group_pooling: str = "max",
+        whitening_scale: float = 1.41421356,
+    ):
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        self.group_name, self.stem_kind = group, stem
+        self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
+        if stem == "escnn":
+            self.stem, size = build_escnn_stem(group, in_channels, image_size, list(stem_channels),
+                                               stem_kernel_size, downsample, pool_sigma)
+            features = int(stem_channels[-1])
+            self.stem_norm = nn.Identity()
+        else:
+            if image_size % embed_patch_size:
+                raise ValueError(f"image_size {image_size} must be divisible by embed_patch_size {embed_patch_size} "
+                                 "(the patch grid has to map onto itself under rot90)")
+            self.stem = SymmetricPatchEmbed(in_channels, embed_dim, embed_patch_size, get_group(group).mirror)
+            size, features = image_size // embed_patch_size, embed_dim
+            # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
+            self.stem_norm = _ChannelLayerNorm(embed_dim)
+        self.artificial_size, self.artificial_channels = size, features
+        self.vit = GroupTransformer(
+            group=group, in_channels=features, num_classes=num_classes, image_size=size,
+            num_channels=num_channels, num_heads=num_heads, block_sizes=list(block_sizes),
+            expansion_per_block=expansion_per_block if isinstance(expansion_per_block, int) else list(expansion_per_block),
+            crop_per_layer=crop_per_layer if isinstance(crop_per_layer, int) else list(crop_per_layer),
+            patch_size=patch_size, encoding=encoding, norm=norm, activation=activation,
+            attention_dropout=attention_dropout, value_dropout=value_dropout, input_dropout=input_dropout,
+            normalize_between_layers=normalize_between_layers, maxpool_after_last_block=maxpool_after_last_block,
+            dropout_after_maxpool=dropout_after_maxpool, spatial_pooling=spatial_pooling,
+            group_pooling=group_pooling, whitening_scale=whitening_scale)
+        self.exactly_invariant = self.vit.exactly_invariant
+
+    def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B, D, s, s): invariant values on a grid that rotates with the input."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        return self.stem_norm(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(self.artificial_image(x))
+
+
+class _ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of every position of a (B, C, H, W) map."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def attention_pairs(model: nn.Module) -> int:
+    """Query-key pairs per image and head that the GE-ViT part of ``model`` (a HybridViT or a GroupTransformer)
+    scores in one forward pass: the lifting layer has |G| x h x w queries with the in-map positions of their
+    k x k (or global) neighbourhood as keys, a group layer |G| x h x w queries with |G| x those keys."""
+    from gevit.layers.blocks import GroupTransformerBlock
+
+    vit = model.vit if isinstance(model, HybridViT) else model
+    g, size = len(vit.group), vit.image_size
+    total = _pairs(size, vit.lifting.patch_size) * g
+    for layer in vit.transformer:
+        if isinstance(layer, GroupTransformerBlock):
+            total += _pairs(size, layer.attention.patch_size) * g * g
+            size -= 2 * layer.crop.size
+        elif isinstance(layer, nn.MaxPool3d):
+            size //= 2
+    return total
+
+
+def _pairs(size: int, k: int) -> int:
+    """Pairs (query, key) on a size x size map with a k x k neighbourhood clipped to the map."""
+    r = k // 2
+    per_axis = sum(min(size - 1, i + r) - max(0, i - r) + 1 for i in range(size))
+    return per_axis * per_axis
+
+
+@register_model("hybrid")
+def hybrid(**kwargs) -> HybridViT:
+    """Hybrid ViT: invariant escnn (or orbit-averaged patch) stem -> GE-ViT on the small artificial image."""
+    return HybridViT(**kwargs)
