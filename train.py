@@ -84,7 +84,13 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule}
     try:
         test_ckpt = cfg.get("ckpt_path")
-        if cfg.train:
+        if cfg.train and not any(True for _ in model.trainable_parameters()):
+            # Nothing to fit (e.g. a zero-shot post-hoc wrapper): validate once, then test the model as built.
+            log.info("the model has no trainable parameters: validating instead of fitting")
+            results = trainer.validate(model, datamodule=datamodule)
+            metrics.update(results[0] if results else {})
+            metrics["val/acc_best"] = metrics.get("val/acc")
+        elif cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
             train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             test_ckpt = selected_checkpoint(trainer)

@@ -44,6 +44,7 @@ def register_resolvers() -> None:
         "gevit_interactive": lambda: is_interactive(),
         "gevit_wandb_offline": lambda: wandb_should_be_offline(),
         "gevit_root": lambda: str(PROJECT_ROOT),
+        "gevit_cwd": lambda: os.getcwd(),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

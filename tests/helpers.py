@@ -22,6 +22,10 @@ TINY_VIT = [
 # Per LightningModule: overrides that shrink its model to seconds-per-batch size for smoke runs.
 TINY_MODELS = {
     "lightning_modules.ImageClassifier": TINY_VIT,
+    # Post-hoc experiments wrap a random tiny ViT instead of their stage-1 checkpoint (tests/test_posthoc.py
+    # runs both stages).
+    "lightning_modules.PostHocClassifier": ["model/backbone=vit"] + [o.replace("model.net.", "model.backbone.")
+                                                                     for o in TINY_VIT],
     "lightning_modules.GroupTransformerClassifier": [
         "model.num_channels=8", "model.num_heads=2", "model.block_sizes=[1,1]", "model.expansion_per_block=1",
         "model.crop_per_layer=[0,0]", "model.patch_size=3",

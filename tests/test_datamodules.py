@@ -644,7 +644,7 @@ def test_data_configs_instantiate(name, tmp_path):
     assert Path(dm.data_dir).parent == tmp_path
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (data.num_classes, data.in_channels, data.image_size)
     assert tuple(dm.mean) == tuple(data.mean) and tuple(dm.std) == tuple(data.std)
-    assert dm.batch_size == 128 and dm.eval_batch_size == 512 and dm.split_seed == 0
+    assert (dm.batch_size, dm.eval_batch_size, dm.split_seed) == (data.batch_size, data.eval_batch_size, 0)
 
 
 def test_data_configs_list_every_constructor_option():

@@ -152,10 +152,11 @@ def test_main_returns_the_optimized_metric(tmp_path, monkeypatch):
 
 def test_multirun_sweep_writes_one_directory_per_job(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1", "seed=0,1",
+    # the default sweep directory (logs/<task>/multiruns/<time>/<job>) under a temporary log_dir
+    cmd = [sys.executable, "train.py", "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "seed=0,1",
            *FAST]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     seeds = sorted(json.loads((sweep / str(i) / "metrics.json").read_text())["seed"] for i in range(2))
     assert seeds == [0, 1]

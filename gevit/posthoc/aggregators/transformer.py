@@ -1,0 +1,51 @@
+"""A permutation-invariant transformer over the view embeddings, read out through a class token."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+
+
+@register_aggregator("transformer")
+class TransformerAggregator(Aggregator):
+    """Self-attention across the |G| view embeddings, with a class token and **no positional encoding**::
+
+        t = Transformer([c, P M(g_1 x), ..., P M(g_|G| x)])[0]        (the class token's output)
+        e(x) = (1/|G|) sum_g M(gx) + Q LayerNorm(t),                    logits = head(e(x))
+
+    ``P: D -> width`` and ``Q: width -> D`` are linear maps (``P`` is the identity when ``width`` is
+    unset); ``Transformer`` is ``depth`` pre-norm encoder layers (multi-head attention and a token-wise
+    MLP). Attention and the token-wise MLP are permutation-equivariant and the class token attends to all
+    views alike, so ``t`` does not depend on the order of the views. ``Q`` starts at zero, so an untrained
+    aggregator is ``mean`` and training refines it. (B, |G|, D) -> (B, D).
+    """
+
+    level = "embedding"
+
+    def __init__(self, dim: int, width: Optional[int] = None, depth: int = 2, num_heads: int = 4,
+                 mlp_hidden_dim: int = 128, dropout: float = 0.1):
+        super().__init__()
+        width = width or dim
+        self.project_in = nn.Linear(dim, width) if width != dim else nn.Identity()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        layer = nn.TransformerEncoderLayer(width, num_heads, mlp_hidden_dim, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.project_out = nn.Linear(width, dim)
+        nn.init.zeros_(self.project_out.weight)
+        nn.init.zeros_(self.project_out.bias)
+
+    @classmethod
+    def create(cls, embed_dim: int, spatial_features: bool, **options) -> "TransformerAggregator":
+        return cls(dim=embed_dim, **options)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        tokens = self.project_in(embeddings)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        summary = self.norm(self.encoder(tokens)[:, 0])
+        return embeddings.mean(dim=1) + self.project_out(summary)
