@@ -160,3 +160,17 @@ def test_official_checkpoint_of_another_config_is_a_clear_error(shared_data):
     net = gevit.create_model("gevit", group="p4", patch_size=5, num_channels=12)
     with pytest.raises(ValueError, match="does not match this GroupTransformer configuration"):
         load_official_weights(net, shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt")
+
+
+def test_model_init_from_loads_official_weights(shared_data):
+    from lightning_modules import GroupTransformerClassifier
+
+    path = shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
+    module = GroupTransformerClassifier(num_classes=10, in_channels=1, image_size=28, init_from=str(path),
+                                        input_mean=[0.1307], input_std=[0.3081]).eval()
+    reference = load_official_weights(gevit.create_model("gevit"), path).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(module(x), reference((x - 0.1307) / 0.3081), atol=1e-5)
+    with pytest.raises(TypeError, match="grup"):
+        GroupTransformerClassifier(num_classes=10, in_channels=1, image_size=28, grup="p4")
