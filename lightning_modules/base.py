@@ -20,6 +20,14 @@ from torchmetrics.classification import MulticlassAccuracy
 log = logging.getLogger(__name__)
 
 
+def plain_options(options: dict) -> dict:
+    """Hydra/OmegaConf containers in ``options`` turned into plain lists/dicts for the network constructors."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return {key: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            for key, value in options.items()}
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf. The run stops instead of silently skipping batches."""
 

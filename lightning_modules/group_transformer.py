@@ -5,10 +5,8 @@ import logging
 from typing import Callable, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
 from gevit.models.group_transformer import GroupTransformer, load_official_weights
-from lightning_modules.base import BaseClassifierModule
+from lightning_modules.base import BaseClassifierModule, plain_options
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +29,8 @@ class GroupTransformerClassifier(BaseClassifierModule):
         super().__init__(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                          input_mean=input_mean, input_std=input_std, optimizer=optimizer, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, label_smoothing=label_smoothing)
-        net_options = {key: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-                       for key, value in net_options.items()}
         self.net = GroupTransformer(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                                    **net_options)
+                                    **plain_options(net_options))
         if init_from:
             load_official_weights(self.net, init_from)
             log.info("loaded official GE-ViT/GSA-Nets weights from %s", init_from)

@@ -146,6 +146,12 @@ def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Se
     return stem, size
 
 
+# Where the GE-ViT part differs from GroupTransformer's defaults (the official rotMNIST layout): one block
+# of four 5x5-attention layers without crops, so the odd 7x7 artificial image is never max-pooled, and
+# mean pooling over space.
+VIT_DEFAULTS = dict(patch_size=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+
+
 class HybridViT(nn.Module):
     """Invariant stem -> GE-ViT (same group) -> logits; ``(B, C, S, S) -> (B, num_classes)``.
 
@@ -158,7 +164,8 @@ class HybridViT(nn.Module):
         embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
         patch_size: GE-ViT's attention neighbourhood on the artificial image (odd int), or ``None`` /
             ``"global"`` for global attention.
-        remaining arguments: those of :class:`~gevit.models.group_transformer.GroupTransformer`.
+        vit_options: keywords of :class:`~gevit.models.group_transformer.GroupTransformer` for the
+            GE-ViT part (defaults :data:`VIT_DEFAULTS` on top of GroupTransformer's own).
     """
 
     def __init__(
@@ -174,24 +181,7 @@ class HybridViT(nn.Module):
         pool_sigma: float = 0.66,
         embed_patch_size: int = 4,
         embed_dim: int = 16,
-        patch_size: Union[int, str, None] = 5,
-        num_channels: int = 20,
-        num_heads: int = 9,
-        block_sizes: Sequence[int] = (4,),
-        expansion_per_block: Union[int, Sequence[int]] = 1,
-        crop_per_layer: Union[int, Sequence[int]] = 0,
-        encoding: str = "gevit",
-        norm: str = "layer",
-        activation: str = "swish",
-        attention_dropout: float = 0.1,
-        value_dropout: float = 0.1,
-        input_dropout: float = 0.0,
-        normalize_between_layers: bool = False,
-        maxpool_after_last_block: bool = False,
-        dropout_after_maxpool: float = 0.0,
-        spatial_pooling: str = "mean",
-        group_pooling: str = "max",
-        whitening_scale: float = 1.41421356,
+        **vit_options,
     ):
         super().__init__()
         if stem not in STEMS:
@@ -212,16 +202,8 @@ class HybridViT(nn.Module):
             # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
             self.stem_norm = _ChannelLayerNorm(embed_dim)
         self.artificial_size, self.artificial_channels = size, features
-        self.vit = GroupTransformer(
-            group=group, in_channels=features, num_classes=num_classes, image_size=size,
-            num_channels=num_channels, num_heads=num_heads, block_sizes=list(block_sizes),
-            expansion_per_block=expansion_per_block if isinstance(expansion_per_block, int) else list(expansion_per_block),
-            crop_per_layer=crop_per_layer if isinstance(crop_per_layer, int) else list(crop_per_layer),
-            patch_size=patch_size, encoding=encoding, norm=norm, activation=activation,
-            attention_dropout=attention_dropout, value_dropout=value_dropout, input_dropout=input_dropout,
-            normalize_between_layers=normalize_between_layers, maxpool_after_last_block=maxpool_after_last_block,
-            dropout_after_maxpool=dropout_after_maxpool, spatial_pooling=spatial_pooling,
-            group_pooling=group_pooling, whitening_scale=whitening_scale)
+        self.vit = GroupTransformer(group=group, in_channels=features, num_classes=num_classes, image_size=size,
+                                    **{**VIT_DEFAULTS, **vit_options})
         self.exactly_invariant = self.vit.exactly_invariant
 
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
