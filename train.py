@@ -12,6 +12,7 @@ Everything is built from conf/ with ``hydra.utils.instantiate``; every run write
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,11 +20,11 @@ from typing import Optional
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.callbacks import RotationRobustnessCallback
-from lightning_modules.utils import (git_state, instantiate_collection, register_resolvers, save_config,
-                                     write_metrics_json)
+from lightning_modules.utils import (git_state, instantiate_collection, register_resolvers, run_identity,
+                                     save_config, write_metrics_json)
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -40,11 +41,43 @@ def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
         return str(path)
-    last = output_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    last = (output_dir_of(cfg) / "checkpoints" / "last.ckpt").absolute()
     if cfg.get("auto_resume") and last.is_file():
         log.info("auto_resume: continuing from %s", last)
         return str(last)
     return None
+
+
+def cluster_plugins() -> list:
+    """Exactly one of submitit and Lightning requeues a preempted or timed-out Slurm job.
+
+    Under submitit (``hydra/launcher=slurm``) submitit does: it catches USR2, pickles the job and requeues
+    it, and the requeued job resumes from its own ``last.ckpt`` (``auto_resume``). Lightning's own
+    requeue (on USR1) is then switched off. Under a plain ``sbatch`` Lightning keeps its default."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
+
+
+def configure_wandb(cfg: DictConfig, identity: dict) -> None:
+    """Fill the W&B logger's empty name/group and extend its tags with the run's identity."""
+    node = (cfg.get("logger") or {}).get("wandb")
+    if node is None:
+        return
+    with open_dict(node):
+        node.name = node.get("name") or identity["name"]
+        node.group = node.get("group") or identity["group"]
+        node.tags = list(dict.fromkeys([*(node.get("tags") or []), *identity["tags"]]))
+
+
+def update_wandb_summary(trainer: L.Trainer, values: dict) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
 
 
 def selected_checkpoint(trainer: L.Trainer) -> Optional[str]:
@@ -64,6 +97,8 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     out_dir = output_dir_of(cfg)
     config_path = save_config(cfg, out_dir, print_tree=cfg.get("print_config", True))
     L.seed_everything(cfg.seed, workers=True)
+    identity = run_identity(cfg)
+    configure_wandb(cfg, identity)
 
     log.info("data: %s", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -72,7 +107,9 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     model.build_config = OmegaConf.to_container(cfg.model, resolve=True)
     callbacks = instantiate_collection(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_collection(cfg.get("logger"), "logger")
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    plugins = cluster_plugins()
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                 **({"plugins": plugins} if plugins else {}))
 
     params = model.parameter_counts()
     log.info("parameters: %s", params)
@@ -80,7 +117,8 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
 
     metrics: dict = {"status": "started", "output_dir": str(out_dir), "config_path": str(config_path),
-                     "seed": cfg.seed, **params, **git_state()}
+                     "seed": cfg.seed, "run_name": identity["name"], "run_group": identity["group"],
+                     "run_tags": identity["tags"], **params, **git_state()}
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule}
     try:
         test_ckpt = cfg.get("ckpt_path")
@@ -113,8 +151,12 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
                 metrics["rotation_robustness"] = robustness.results
         metrics["data_sizes"] = datamodule.describe() if hasattr(datamodule, "describe") else None
         metrics["status"] = "completed"
+        update_wandb_summary(trainer, {k: v for k, v in metrics.items()
+                                       if k.startswith("model/params") or k.endswith("images_per_s")})
     except BaseException as err:
-        metrics["status"] = f"failed: {type(err).__name__}: {err}"
+        # SystemExit: submitit requeues a preempted job by exiting; the requeued job overwrites this file.
+        kind = "interrupted" if isinstance(err, (SystemExit, KeyboardInterrupt)) else "failed"
+        metrics["status"] = f"{kind}: {type(err).__name__}: {err}"
         raise
     finally:
         metrics["duration_s"] = round(time.time() - started, 2)

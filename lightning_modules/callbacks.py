@@ -1,10 +1,14 @@
-"""Callbacks of the training pipeline: rotation robustness at test time and plain epoch summaries."""
+"""Callbacks of the training pipeline: rotation robustness at test time, plain epoch summaries, throughput,
+and a rehearsal of Slurm preemption."""
 from __future__ import annotations
 
 import csv
 import json
 import logging
 import math
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -141,5 +145,84 @@ class EpochSummary(Callback):
         if not trainer.is_global_zero:
             return
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        if not metrics:  # e.g. the end of an epoch a resumed run had already finished
+            return
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
         log.info("epoch %d/%s (step %d): %s", trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step, shown)
+
+
+class ThroughputMonitor(Callback):
+    """Images per second, logged as ``train/images_per_s`` (each training epoch, validation time
+    excluded: forward, backward and optimiser step, data loading included) and ``test/images_per_s``
+    (the test pass, rotation-robustness work included). Summed over DDP processes."""
+
+    def __init__(self):
+        self._count = 0
+        self._started = 0.0
+        self._paused = 0.0
+        self._validation_started: Optional[float] = None
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # kernels are asynchronous; time what finished
+        return time.perf_counter()
+
+    def _start(self, pl_module) -> None:
+        self._count, self._paused, self._started = 0, 0.0, self._now(pl_module)
+
+    def _rate(self, trainer, pl_module) -> Optional[float]:
+        elapsed = self._now(pl_module) - self._started - self._paused
+        return self._count * trainer.world_size / elapsed if self._count and elapsed > 0 else None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._count += len(batch[0])
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._validation_started = self._now(pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._validation_started is not None:
+            self._paused += self._now(pl_module) - self._validation_started
+            self._validation_started = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        rate = self._rate(trainer, pl_module)
+        if rate is not None:
+            pl_module.log("train/images_per_s", rate, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start(pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count += len(batch[0])
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        rate = self._rate(trainer, pl_module)
+        if rate is not None:
+            pl_module.log("test/images_per_s", rate, rank_zero_only=True)
+
+
+class SimulatedPreemption(Callback):
+    """Send this process ``signal`` (default USR2, what submitit's Slurm jobs receive before their time
+    limit) once, at the start of training epoch ``at_epoch``: a rehearsal of preemption/timeout with
+    the local submitit launcher (``debug=preempt``). The job should be checkpointed by submitit,
+    requeued, and resume from its own ``last.ckpt``. A marker file in ``output_dir`` makes it fire only
+    once per run directory, so the requeued job runs to the end."""
+
+    def __init__(self, output_dir: str, at_epoch: int = 1, signal_name: str = "USR2"):
+        self.marker = Path(output_dir) / "simulated_preemption.done"
+        self.at_epoch = at_epoch
+        self.signum = getattr(signal, f"SIG{signal_name.upper().removeprefix('SIG')}")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch < self.at_epoch or self.marker.exists() or not trainer.is_global_zero:
+            return
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(f"signal {self.signum.name} sent at epoch {trainer.current_epoch}\n")
+        log.warning("simulated preemption: sending %s to process %d", self.signum.name, os.getpid())
+        os.kill(os.getpid(), self.signum)

@@ -48,7 +48,9 @@ def register_resolvers() -> None:
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # Cached: a submitit job rebuilds its config from the launcher's, copying this cache, so a
+            # requeued job resolves the same directories as the first attempt did.
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
 
 # ---- building -------------------------------------------------------------------------------------
@@ -66,6 +68,67 @@ def instantiate_collection(cfg: Optional[DictConfig], kind: str) -> list:
             raise ValueError(f"{kind}.{name} has no _target_; each {kind} entry must be instantiable")
         objects.append(hydra.utils.instantiate(node))
     return objects
+
+
+# ---- run identity (W&B name, group, tags) -----------------------------------------------------------
+# Overrides that name a path or a location, not a method: left out of run names.
+_UNNAMING_KEYS = ("hydra", "paths.", "logger", "task_name", "print_config", "callbacks")
+_UNNAMING_SUFFIXES = ("ckpt_path", "data_dir", "init_from", "output_dir")
+
+
+def _hydra_runtime() -> Optional[DictConfig]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def naming_overrides(overrides: list[str]) -> list[str]:
+    """The command-line overrides that say what a run *is* (``model.group=p8``, ``seed=1``), without
+    paths and logging details."""
+    kept = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith(_UNNAMING_KEYS) or key.endswith(_UNNAMING_SUFFIXES) or "/" in value or "\\" in value:
+            continue
+        kept.append(override.lstrip("+~"))
+    return kept
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """How a run is named, grouped and tagged (on W&B and in metrics.json):
+
+    - ``name``: its naming overrides joined by commas (``model.group=p8,seed=1``), else the experiment;
+    - ``group``: one per sweep — ``<task_name>/<sweep folder>``, the sweep folder being the first folder
+      under ``logs/<task_name>/multiruns/`` (so the sub-sweeps of one table share a group); a single
+      run has the group ``<task_name>``;
+    - ``tags``: ``cfg.tags`` plus ``data:``, ``model:``, ``experiment:`` (the config choices) and,
+      where the model has them, ``group:``, ``regime:``, ``aggregator:``, ``patch:``.
+    """
+    hydra_cfg = _hydra_runtime()
+    choices = dict(hydra_cfg.runtime.choices) if hydra_cfg is not None else {}
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    multirun = hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    experiment = choices.get("experiment")
+    name = ",".join(naming_overrides(overrides)) or experiment or cfg.get("task_name", "run")
+
+    group = str(cfg.get("task_name", "run"))
+    if multirun:
+        sweep_dir = Path(cfg.paths.output_dir).parent
+        sweeps_root = Path(cfg.paths.log_dir) / group / "multiruns"
+        try:
+            group = f"{group}/{sweep_dir.relative_to(sweeps_root).parts[0]}"
+        except (ValueError, IndexError):
+            group = f"{group}/{sweep_dir.name}"
+
+    tags = [str(t) for t in (cfg.get("tags") or [])]
+    for key in ("data", "model", "experiment", "model/aggregator", "model/backbone"):
+        if choices.get(key):
+            tags.append(f"{key.split('/')[-1]}:{choices[key]}")
+    model = cfg.get("model") or {}
+    for key, label in (("group", "group"), ("regime", "regime"), ("patch_size", "patch")):
+        if isinstance(model, DictConfig) and model.get(key) is not None:
+            tags.append(f"{label}:{model.get(key)}")
+    return {"name": name, "group": group, "tags": list(dict.fromkeys(t[:64] for t in tags))}
 
 
 # ---- provenance -----------------------------------------------------------------------------------

@@ -46,3 +46,82 @@ def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path):
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     seeds = sorted(json.loads((sweep / str(i) / "metrics.json").read_text())["seed"] for i in range(2))
     assert seeds == [0, 1]
+
+
+# Runs train.py with submitit's sbatch call replaced by a recorder: the launcher, the executor and the
+# sbatch file are the real ones; only the submission to a cluster is cut.
+RECORD_SBATCH = """
+import os, runpy, sys
+from submitit.slurm.slurm import SlurmExecutor
+
+def record(self, command):
+    with open(os.environ["SBATCH_RECORD"], "w") as f:
+        f.write(self._make_submission_file_text(command, "uid"))
+    raise SystemExit(0)
+
+SlurmExecutor._submit_command = record
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_slurm_launcher_generates_the_expected_sbatch_file(tmp_path):
+    record = tmp_path / "job.sbatch"
+    bin_dir = tmp_path / "bin"  # submitit refuses to start without an `srun` on PATH; it is never called
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "WANDB_MODE": "disabled", "SBATCH_RECORD": str(record),
+           "GEVIT_SLURM_PARTITION": "gpu-a100", "GEVIT_SLURM_ACCOUNT": "lab42", "GEVIT_SLURM_GPUS": "2",
+           "GEVIT_SLURM_CPUS": "6", "GEVIT_SLURM_MEM_GB": "48", "GEVIT_SLURM_TIME_MIN": "720",
+           "GEVIT_SLURM_SETUP": "source ~/venvs/gevit/bin/activate"}
+    cmd = [sys.executable, "-c", RECORD_SBATCH, "-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2",
+           f"paths.log_dir={tmp_path}", "seed=0,1,2"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sbatch = record.read_text()
+    lines = set(sbatch.splitlines())
+    for expected in ("#SBATCH --partition=gpu-a100", "#SBATCH --account=lab42", "#SBATCH --gpus-per-node=2",
+                     "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=6", "#SBATCH --mem=48GB",
+                     "#SBATCH --time=720", "#SBATCH --nodes=1", "#SBATCH --array=0-2%3",
+                     "source ~/venvs/gevit/bin/activate", "export SUBMITIT_EXECUTOR=slurm"):
+        assert expected in lines, f"{expected!r} not in the sbatch file:\n{sbatch}"
+    # submitit asks Slurm for USR2 before the time limit: the signal it checkpoints and requeues on
+    assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines), sbatch
+    # the job logs land in the sweep's own folder
+    assert f"{tmp_path}/train/multiruns/" in sbatch and "/.submitit/" in sbatch
+
+
+def test_lightning_does_not_requeue_jobs_that_submitit_manages(monkeypatch):
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    import train as train_script
+
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "42"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert train_script.cluster_plugins() == []  # plain sbatch: Lightning's own requeue stays on
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    (plugin,) = train_script.cluster_plugins()
+    assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue is False
+
+
+def test_a_preempted_local_job_is_requeued_and_resumes_from_its_own_last_checkpoint(tmp_path):
+    """debug=preempt sends the job USR2 at the start of epoch 1, as Slurm does before a time limit:
+    submitit checkpoints and requeues it; the requeued job must continue in the same directory."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=local", "debug=preempt", f"paths.log_dir={tmp_path}",
+           "trainer.max_epochs=2", "seed=0", *FAST]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    job = sweep / "0"
+    assert (job / "simulated_preemption.done").is_file()
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_trained"] == 2
+    log_text = (job / "train.log").read_text()  # the job's log, submitit's messages included
+    assert "Caught signal SIGUSR2" in log_text and "Requeued job" in log_text
+    assert f"auto_resume: continuing from {job / 'checkpoints' / 'last.ckpt'}" in log_text
+    # one sweep directory, one job directory: the requeued job did not start a new Hydra directory
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0"]
