@@ -4,8 +4,8 @@
 #   bash multirun/posthoc_pcam.sh model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt data.data_dir=DIR
 #   bash multirun/posthoc_pcam.sh smoke     # in miniature: a ResNet-18 on the embedded digits, CPU
 EXPERIMENT=posthoc_pcam
-VIEW_GROUPS=flip,c4,d4
-REGIMES=zero_shot,mlp
+VIEW_GROUPS="${VIEW_GROUPS:-flip,c4,d4}"
+REGIMES="${REGIMES:-zero_shot,mlp}"
 SMOKE_STAGE1="experiment=resnet50_pcam data=rotmnist_mini model.net.arch=resnet18"
 SMOKE_EXPERIMENT="experiment=posthoc_pcam data=rotmnist_mini"
 source "$(dirname "$0")/posthoc_grid.sh"
