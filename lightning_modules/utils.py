@@ -94,10 +94,24 @@ def naming_overrides(overrides: list[str]) -> list[str]:
     return kept
 
 
+def swept_keys(sweep_dir: Path) -> Optional[set[str]]:
+    """The keys a multirun sweeps (``model.group=p4,p8``, ``seed=range(3)``), read from the
+    ``multirun.yaml`` Hydra writes into the sweep folder; None when it is not there."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        task_overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in task_overrides])
+    except Exception:  # no file, or not Hydra's: name the run by all its overrides instead
+        return None
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
 def run_identity(cfg: DictConfig) -> dict:
     """How a run is named, grouped and tagged (on W&B and in metrics.json):
 
-    - ``name``: its naming overrides joined by commas (``model.group=p8,seed=1``), else the experiment;
+    - ``name``: the overrides that name it, joined by commas (``model.group=p8,seed=1``) — in a sweep only
+      the swept ones — else the experiment;
     - ``group``: one per sweep — ``<task_name>/<sweep folder>``, the sweep folder being the first folder
       under ``logs/<task_name>/multiruns/`` (so the sub-sweeps of one table share a group); a single
       run has the group ``<task_name>``;
@@ -109,11 +123,15 @@ def run_identity(cfg: DictConfig) -> dict:
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
     multirun = hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN"
     experiment = choices.get("experiment")
-    name = ",".join(naming_overrides(overrides)) or experiment or cfg.get("task_name", "run")
+    naming = naming_overrides(overrides)
+    sweep_dir = Path(cfg.paths.output_dir).parent
+    swept = swept_keys(sweep_dir) if multirun else None
+    if swept:
+        naming = [o for o in naming if o.partition("=")[0] in swept] or naming
+    name = ",".join(naming) or experiment or cfg.get("task_name", "run")
 
     group = str(cfg.get("task_name", "run"))
     if multirun:
-        sweep_dir = Path(cfg.paths.output_dir).parent
         sweeps_root = Path(cfg.paths.log_dir) / group / "multiruns"
         try:
             group = f"{group}/{sweep_dir.relative_to(sweeps_root).parts[0]}"

@@ -115,12 +115,12 @@ def test_a_preempted_local_job_is_requeued_and_resumes_from_its_own_last_checkpo
            "trainer.max_epochs=2", "seed=0", *FAST]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    (sweep,) = (tmp_path / "debug" / "multiruns").iterdir()
     job = sweep / "0"
     assert (job / "simulated_preemption.done").is_file()
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs_trained"] == 2
-    log_text = (job / "train.log").read_text()  # the job's log, submitit's messages included
+    log_text = (job / "debug.log").read_text()  # the job's log (task_name=debug), submitit's messages included
     assert "Caught signal SIGUSR2" in log_text and "Requeued job" in log_text
     assert f"auto_resume: continuing from {job / 'checkpoints' / 'last.ckpt'}" in log_text
     # one sweep directory, one job directory: the requeued job did not start a new Hydra directory

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
 import train as train_script
 from lightning_modules.utils import naming_overrides, run_identity
@@ -34,6 +34,13 @@ def test_identity_of_a_sweep_job(tmp_path):
     identity = run_identity(cfg)
     assert identity["group"] == f"{cfg.task_name}/2026-01-01_00-00-00"
     assert identity["name"] == "experiment=posthoc_rotmnist_mini,model.group=d4,model/aggregator=lambda,model.regime=aggregator_only,seed=2"
+    # with the sweep's multirun.yaml (Hydra writes it before the jobs start) only the swept keys name the run
+    sweep_dir = Path(cfg.paths.output_dir).parent
+    sweep_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": [
+        "experiment=posthoc_rotmnist_mini", "model.group=c4,d4", "model/aggregator=lambda,transformer",
+        "model.regime=aggregator_only", "seed=range(3)"]}}}), sweep_dir / "multirun.yaml")
+    assert run_identity(cfg)["name"] == "model.group=d4,model/aggregator=lambda,seed=2"
     for tag in ("data:rotmnist_mini", "model:posthoc", "experiment:posthoc_rotmnist_mini", "group:d4",
                 "regime:aggregator_only", "aggregator:lambda"):
         assert tag in identity["tags"], (tag, identity["tags"])
