@@ -115,7 +115,8 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    many = len(curves) > 3  # a legend inside would cover the lower curves: put it below the axes
+    fig, ax = plt.subplots(figsize=(6, 3.5 + (0.25 * len(curves) if many else 0)), dpi=120)
     for label, r in curves.items():
         ax.plot(r["angles"], [100 * a for a in r["accuracy"]], marker="o", markersize=3, label=label)
     for quarter in (90, 180, 270):
@@ -126,7 +127,10 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
     ax.set_xticks(range(0, 361, 45))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if many:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=2, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

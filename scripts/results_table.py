@@ -31,7 +31,12 @@ from typing import Optional, Sequence
 
 import yaml
 
-from lightning_modules.utils import naming_overrides  # one definition of "what names a run"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    # `python scripts/results_table.py` puts scripts/ on the path, not the repository with the packages.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from lightning_modules.utils import naming_overrides  # noqa: E402  (one definition of "what names a run")
 
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
 DEFAULT_COLUMN_KEYS = ("model.regime", "model.patch_size")
