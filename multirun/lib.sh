@@ -16,8 +16,13 @@ SMOKE_DATA=(data=rotmnist_mini data.train_size=256 data.val_size=128 data.test_s
 # A fresh folder for one table's sweeps (named here so several sweeps can share it); GEVIT_LOG_DIR moves it.
 new_sweep_dir() { echo "${GEVIT_LOG_DIR:-logs}/$1/multiruns/$(date +%Y-%m-%d_%H-%M-%S)"; }
 
-# The markdown/CSV table of a sweep folder (scripts/results_table.py; extra arguments go to it).
-results_table() { "$PY" scripts/results_table.py "$@"; }
+# The markdown/CSV table of a sweep folder (scripts/results_table.py; extra arguments go to it), also
+# logged to W&B when the sweep itself logged there (logger=wandb among the arguments).
+results_table() {
+    local extra=()
+    if [[ " ${ARGS[*]:-} " == *" logger=wandb "* ]]; then extra=(--wandb); fi
+    "$PY" scripts/results_table.py "$@" "${extra[@]}"
+}
 
 # One experiment's sweep: sets TASK (default: the experiment's name, + _smoke), SETTINGS (the experiment,
 # plus SMOKE_DATA in smoke mode) and GRID_SEEDS (SEEDS, default 0,1,2; 0,1 in smoke mode).
