@@ -1,0 +1,55 @@
+"""Print the sbatch file a Slurm sweep would submit, without submitting anything.
+
+    python scripts/sbatch_preview.py experiment=gevit_rotmnist model.group=p4,p8 seed=0,1,2 trainer=ddp
+    python scripts/sbatch_preview.py seed=0,1 --output job.sbatch
+
+Runs ``python train.py -m hydra/launcher=slurm <overrides>`` for real — Hydra, the sweeper,
+hydra-submitit-launcher and submitit build the job array exactly as they would on the cluster — up to the
+moment submitit calls ``sbatch``: there the sbatch file is printed (or written to ``--output``) and the
+program stops. Nothing is submitted and nothing is trained; only the sweep folder (with Hydra's
+``multirun.yaml`` and submitit's pickles) is created. submitit refuses to start without an ``srun`` on
+PATH, so on a machine without Slurm a stub that is never called is put there for the preview.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # train.py imports the project's packages from the repository
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, default=None, help="write the sbatch file here instead of stdout")
+    args, overrides = parser.parse_known_args(argv)
+
+    from submitit.slurm.slurm import SlurmExecutor
+
+    def show_instead_of_submitting(executor: SlurmExecutor, command: str):
+        text = executor._make_submission_file_text(command, "preview")
+        if args.output:
+            args.output.write_text(text)
+        else:
+            sys.stdout.write(text)
+        raise SystemExit(0)
+
+    SlurmExecutor._submit_command = show_instead_of_submitting
+    with tempfile.TemporaryDirectory() as stub_dir:
+        if shutil.which("srun") is None:
+            stub = Path(stub_dir) / "srun"
+            stub.write_text("#!/bin/sh\nexit 1\n")
+            stub.chmod(0o755)
+            os.environ["PATH"] = f"{stub_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        sys.argv = ["train.py", "-m", "hydra/launcher=slurm", *overrides]
+        runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
