@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -49,27 +49,15 @@ class MNISTDataModule(BaseImageDataModule):
     def __init__(
         self,
         data_dir: str = "data/mnist",
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        split_seed: int = 0,
-        augmentation: str = "none",
+        *,
         download: bool = False,
         val_size: int = 10000,
         test_set: str = "rotmnist",
         rotmnist_dir: str = "data/rotmnist",
         orientation: str = "mnist",
-        num_classes: Optional[int] = None,
-        in_channels: Optional[int] = None,
-        image_size: Optional[int] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
+        **common,  # BaseImageDataModule's: batch sizes, workers, split_seed, augmentation, shape and stats
     ):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, pin_memory=pin_memory, split_seed=split_seed,
-                         augmentation=augmentation, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, mean=mean, std=std)
+        super().__init__(data_dir=data_dir, **common)
         if test_set not in TEST_SETS:
             raise ValueError(f"test_set must be one of {TEST_SETS}, got {test_set!r}")
         if orientation not in ORIENTATIONS:

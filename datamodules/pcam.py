@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -112,26 +112,15 @@ class PCamDataModule(BaseImageDataModule):
     def __init__(
         self,
         data_dir: str = "data/pcam",
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 4,
-        pin_memory: bool = False,
-        split_seed: int = 0,
-        augmentation: str = "none",
+        *,
         download: bool = False,
         train_fraction: float = 1.0,
         val_fraction: float = 1.0,
         test_fraction: float = 1.0,
-        num_classes: Optional[int] = None,
-        in_channels: Optional[int] = None,
-        image_size: Optional[int] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
+        **common,  # BaseImageDataModule's: batch sizes, workers, split_seed, augmentation, shape and stats
     ):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, pin_memory=pin_memory, split_seed=split_seed,
-                         augmentation=augmentation, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, mean=mean, std=std)
+        common.setdefault("num_workers", 4)
+        super().__init__(data_dir=data_dir, **common)
         self.fractions = {"train": train_fraction, "val": val_fraction, "test": test_fraction}
         for split, fraction in self.fractions.items():
             if not 0.0 < fraction <= 1.0:

@@ -6,7 +6,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -78,27 +78,15 @@ class RotMNISTDataModule(BaseImageDataModule):
     def __init__(
         self,
         data_dir: str = "data/rotmnist",
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        split_seed: int = 0,
-        augmentation: str = "none",
+        *,
         download: bool = False,
         orientation: str = "mnist",
         train_fraction: float = 1.0,
         train_size: int = 10000,
         val_size: int = 2000,
-        num_classes: Optional[int] = None,
-        in_channels: Optional[int] = None,
-        image_size: Optional[int] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
+        **common,  # BaseImageDataModule's: batch sizes, workers, split_seed, augmentation, shape and stats
     ):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, pin_memory=pin_memory, split_seed=split_seed,
-                         augmentation=augmentation, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, mean=mean, std=std)
+        super().__init__(data_dir=data_dir, **common)
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
         if not 0.0 < train_fraction <= 1.0:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -59,27 +59,15 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
     def __init__(
         self,
         data_dir: Optional[str] = None,
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        split_seed: int = 0,
-        augmentation: str = "none",
+        *,
         variant: str = "rotated",
         generation_seed: int = 0,
         train_size: int = 6000,
         val_size: int = 1000,
         test_size: int = 3000,
-        num_classes: Optional[int] = None,
-        in_channels: Optional[int] = None,
-        image_size: Optional[int] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
+        **common,  # BaseImageDataModule's: batch sizes, workers, split_seed, augmentation, shape and stats
     ):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, pin_memory=pin_memory, split_seed=split_seed,
-                         augmentation=augmentation, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, mean=mean, std=std)
+        super().__init__(data_dir=data_dir, **common)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         sizes = (train_size, val_size, test_size)
