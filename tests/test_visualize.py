@@ -1,5 +1,6 @@
-"""scripts/visualize.py: every figure from tiny checkpoints trained here, the CLI end to end, clear refusals
-of checkpoints of the wrong kind, and the equivariance that the latent figure shows."""
+"""scripts/visualize.py and scripts/figures/: every figure from tiny checkpoints trained here (rebuilt by
+runkit.load_run), the CLI end to end, clear refusals of checkpoints of the wrong kind, and the equivariance
+that the latent figure shows. The maths alone is tested on untrained networks in tests/test_analysis.py."""
 from __future__ import annotations
 
 import copy
@@ -15,12 +16,14 @@ import torch
 from PIL import Image
 
 import train as train_script
-from lightning_modules import PostHocClassifier
-from scripts.visualize import (CheckpointKindError, LoadedModel, gevit_attention, gevit_latents, load_model,
-                               main, plot_gevit_attention, plot_gevit_latents, plot_robustness_comparison,
-                               plot_rotation_confidence, plot_view_weights, plot_vit_attention,
-                               rotation_predictions, validation_digits, view_weight_statistics, write_rotation_gif)
-from tests.helpers import TINY_MODELS, TINY_VIT, compose_config
+from gevit.posthoc.aggregators.mean import MeanAggregator
+from runkit import CheckpointError, load_run
+from scripts.figures import (CheckpointKindError, LoadedModel, gevit_attention, gevit_latents, load_model,
+                             plot_gevit_attention, plot_gevit_latents, plot_robustness_comparison,
+                             plot_rotation_confidence, plot_view_weights, plot_vit_attention, rotation_predictions,
+                             validation_digits, view_weight_statistics, write_rotation_gif)
+from scripts.visualize import main
+from tests.helpers import TINY_NETS, TINY_VIT, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=32",
          "data.eval_batch_size=32", "callbacks.rotation_robustness.max_samples=16",
          "callbacks.rotation_robustness.step_deg=90", "logger=csv", "trainer.max_epochs=1", "seed=0"]
-TINY_GEVIT = ["model=gevit"] + TINY_MODELS["lightning_modules.GroupTransformerClassifier"] + [
-    "model.spatial_pooling=mean"]
+TINY_GEVIT = ["model=gevit"] + TINY_NETS["gevit.models.GroupTransformer"] + ["model.net.spatial_pooling=mean"]
 
 
 def train_tiny(out: Path, overrides: list[str]) -> Path:
@@ -80,37 +82,68 @@ def assert_real_png(path: Path, min_side: int = 200) -> None:
         assert np.asarray(image.convert("L"), dtype=float).std() > 0
 
 
-# ---- loading --------------------------------------------------------------------------------------------
+# ---- loading ----------------------------------------------------------------------------------------------
 def test_checkpoints_rebuild_the_trained_modules(models, runs):
     assert {name: m.kind for name, m in models.items()} == {
         "vit": "vit", "gevit": "gevit", "lambda": "posthoc", "equiattention": "posthoc"}
     assert models["gevit"].label == "GE-ViT" and models["lambda"].label == "post-hoc lambda"
     assert "GE-ViT p4" in models["gevit"].description()
     assert all(not m.module.training for m in models.values())
-    # the weights are the trained ones, not a fresh initialisation
-    state = torch.load(last_ckpt(runs["gevit"]), map_location="cpu", weights_only=False)["state_dict"]
+    # a Lightning checkpoint of train.py loads with the safe unpickler, and the weights are the trained ones
+    state = torch.load(last_ckpt(runs["gevit"]), map_location="cpu", weights_only=True)["state_dict"]
     for key, value in models["gevit"].module.state_dict().items():
         assert torch.equal(value, state[key]), key
+    module, config, path = load_run(last_ckpt(runs["vit"]))
+    assert config == models["vit"].config and "_target_" in config and path == last_ckpt(runs["vit"])
+
+
+def _with_backbone_file(ckpt: dict, gone: str) -> dict:
+    """A copy of a post-hoc checkpoint dict whose backbone was trained from the file ``gone``."""
+    ckpt = copy.deepcopy(ckpt)
+    config = ckpt["gevit_model_config"]
+    config["backbone"] = {**config["backbone"], "ckpt_path": gone}
+    return ckpt
 
 
 def test_a_post_hoc_checkpoint_loads_without_its_stage1_file(runs, tmp_path):
-    """The stored state_dict holds the backbone; a vit-source backbone needs no file at all."""
-    ckpt = torch.load(last_ckpt(runs["lambda"]), map_location="cpu", weights_only=False)
-    ckpt["gevit_model_config"]["backbone"] = {**ckpt["gevit_model_config"]["backbone"], "source": "vit",
-                                              "ckpt_path": str(tmp_path / "gone.ckpt"), "patch_size": 4,
-                                              "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_hidden_dim": 32}
-    ckpt["gevit_model_config"]["backbone"].pop("weights", None)
-    moved = tmp_path / "moved.ckpt"
-    torch.save(ckpt, moved)
+    """The stored state_dict holds the backbone: a backbone whose architecture is in the config needs no file;
+    one that takes its architecture from the stage-1 file (the experiment's 'checkpoint' backbone) names it."""
+    ckpt = torch.load(last_ckpt(runs["lambda"]), map_location="cpu", weights_only=True)
+    gone, moved = str(tmp_path / "gone.ckpt"), tmp_path / "moved.ckpt"
+    # the stage-1 file exists: it is read for the architecture, its weights replaced by the state_dict
     images, _ = validation_digits(0, 4)
-    reloaded, original = load_model(moved), load_model(last_ckpt(runs["lambda"]))
-    with torch.no_grad():
-        assert torch.allclose(reloaded.module(images), original.module(images), atol=1e-6)
-    # a checkpoint-source backbone takes its architecture from the stage-1 file: its absence is named
-    ckpt["gevit_model_config"]["backbone"] = {"source": "checkpoint", "ckpt_path": str(tmp_path / "gone.ckpt")}
-    torch.save(ckpt, moved)
+    original = load_model(last_ckpt(runs["lambda"]))
+    torch.save(_with_backbone_file(ckpt, gone), moved)
     with pytest.raises(FileNotFoundError, match=r"gone\.ckpt, which does not exist any more"):
         load_model(moved)
+    # the same wrapper with the architecture spelled out in the config (this project's ViT) needs no file
+    vit_config = load_model(last_ckpt(runs["vit"])).config["net"]
+    architecture = {k: v for k, v in vit_config.items()
+                    if k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_hidden_dim", "dropout")}
+    self_described = _with_backbone_file(ckpt, gone)
+    backbone = self_described["gevit_model_config"]["backbone"]
+    if "source" in backbone:
+        self_described["gevit_model_config"]["backbone"] = {"source": "vit", "ckpt_path": gone, **architecture}
+    else:  # backbones configured by _target_
+        self_described["gevit_model_config"]["backbone"] = {
+            **{k: v for k, v in backbone.items() if k.startswith("_")},
+            "_target_": "gevit.posthoc.backbones.vit_backbone", "ckpt_path": gone, **architecture}
+    torch.save(self_described, moved)
+    with torch.no_grad():
+        assert torch.allclose(load_model(moved).module(images), original.module(images), atol=1e-6)
+
+
+def test_files_that_are_not_rebuildable_checkpoints_get_one_clear_error(runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
+        load_run(tmp_path / "missing.ckpt")
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.ckpt"):
+        load_run(tmp_path / "corrupt.ckpt")
+    bare = torch.load(last_ckpt(runs["vit"]), map_location="cpu", weights_only=True)
+    del bare["gevit_model_config"]
+    torch.save(bare, tmp_path / "bare.ckpt")
+    with pytest.raises(CheckpointError, match="stores no model config"):
+        load_run(tmp_path / "bare.ckpt")
 
 
 # ---- figures --------------------------------------------------------------------------------------------
@@ -186,7 +219,7 @@ def test_robustness_comparison_reads_every_run(runs, tmp_path):
     path, curves = plot_robustness_comparison([runs["vit"], runs["gevit"]], tmp_path / "robustness.png")
     assert_real_png(path)
     labels = list(curves)
-    assert labels[0].startswith("vit: ViT") and labels[1].startswith("gevit: GE-ViT p4 k=3")
+    assert labels[0].startswith("vit: ViT") and labels[1].startswith("gevit: GE-ViT p4, 3x3 local attention")
     assert all(c["angles"] == [0, 90, 180, 270] for c in curves.values())
     # the CSV alone is enough, and an explicit label wins
     csv_only = tmp_path / "csv_only"
@@ -203,10 +236,9 @@ def test_checkpoints_of_the_wrong_kind_are_refused_by_name(models, runs, digit, 
         gevit_latents(models["vit"], image)
     with pytest.raises(CheckpointKindError, match="expected a ViT"):
         plot_vit_attention(models["gevit"], image, label, tmp_path / "x.png")
-    mean = LoadedModel("mean", Path("runs/mean/checkpoints/last.ckpt"), PostHocClassifier(
-        backbone={"source": "vit", "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_hidden_dim": 32},
-        aggregator={"name": "mean"}, num_classes=10, in_channels=1, image_size=28).eval(),
-        {"_target_": "lightning_modules.PostHocClassifier", "group": "c4"})
+    module = copy.deepcopy(models["lambda"].module)
+    module.net.aggregator = MeanAggregator()
+    mean = LoadedModel("mean", Path("runs/mean/checkpoints/last.ckpt"), module, models["lambda"].config)
     images, labels = validation_digits(0, 2)
     with pytest.raises(CheckpointKindError, match=r"runs/mean/checkpoints/last\.ckpt aggregates with 'mean'"):
         view_weight_statistics(mean, images, labels)

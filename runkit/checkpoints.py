@@ -1,0 +1,157 @@
+"""Rebuild a trained model from nothing but its ``train.py`` checkpoint.
+
+Every LightningModule of this project stores its resolved model config (with ``_target_``s) in the
+checkpoint as ``checkpoint["gevit_model_config"]``. :func:`load_run` instantiates that config with
+``hydra.utils.instantiate``, loads the checkpoint's ``state_dict`` strictly and returns the module in eval
+mode. It works for every model family the config tree can describe: end-to-end networks, post-hoc wrappers
+and models with escnn layers.
+
+The checkpoint is read with ``torch.load(weights_only=True)``: a Lightning checkpoint holds tensors and
+plain Python containers (loop, callback, optimiser and scheduler states), which the safe unpickler accepts.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import pickle
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from gevit.escnn_utils import make_state_dict_mode_independent
+
+CONFIG_KEY = "gevit_model_config"
+
+# Config keys that only fetch *initial* weights (official GE-ViT weights, timm/torchvision pretrained files):
+# the checkpoint's state_dict holds every trained weight, so they are switched off when rebuilding.
+INITIAL_WEIGHT_KEYS = {"init_from": None, "weights": None, "pretrained": False}
+# ``ckpt_path`` names the file a post-hoc backbone was trained from. Its weights are overwritten by the
+# state_dict too, but a ``checkpoint`` backbone also takes its architecture from it: kept when the file
+# exists, dropped when it does not (and named if the model then cannot be built).
+TRAINED_FROM_KEY = "ckpt_path"
+# The peer ViT is this project's ViT with converted weights: rebuilt as ``vit`` it needs no peer file.
+_REBUILD_AS = {"source": {"peer_vit": "vit"},
+               "_target_": {"gevit.posthoc.backbones.peer_vit_backbone": "gevit.posthoc.backbones.vit_backbone"}}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a rebuildable ``train.py`` checkpoint."""
+
+
+class LoadedRun(NamedTuple):
+    """What :func:`load_run` returns: ``module`` (the LightningModule, eval mode; ``module(images in [0, 1])
+    -> logits``, ``module.net`` the bare network), ``config`` (the stored model config, a plain dict) and
+    ``path`` (the checkpoint file)."""
+
+    module: nn.Module
+    config: dict
+    path: Path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict of ``path``, read with the safe unpickler (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle "
+                              f"({str(err).splitlines()[0]}); it was not written by this project's train.py, or "
+                              "by a callback storing arbitrary objects") from err
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def stored_config(checkpoint: dict, path: str | Path) -> dict:
+    """The model config stored in a checkpoint (a dict with a ``_target_``)."""
+    config = checkpoint.get(CONFIG_KEY)
+    if not isinstance(config, dict) or "_target_" not in config:
+        raise CheckpointError(f"{path} stores no model config ({CONFIG_KEY} with a _target_); only checkpoints "
+                              "written by this project's train.py can be rebuilt")
+    return config
+
+
+def rebuild_config(config: Any, missing: list[str]) -> Any:
+    """A copy of a stored config that rebuilds the architecture without the files of its initial weights.
+
+    Walks the whole tree (wherever a network, backbone or aggregator sits): :data:`INITIAL_WEIGHT_KEYS` are
+    switched off, a ``ckpt_path`` that no longer exists is dropped and appended to ``missing``.
+    """
+    if isinstance(config, list):
+        return [rebuild_config(value, missing) for value in config]
+    if not isinstance(config, dict):
+        return config
+    config = dict(config)
+    for key, renames in _REBUILD_AS.items():
+        if config.get(key) in renames:
+            config[key] = renames[config[key]]
+            config.pop(TRAINED_FROM_KEY, None)  # the peer file held initial weights only
+    rebuilt = {}
+    for key, value in config.items():
+        if key in INITIAL_WEIGHT_KEYS and value not in (None, False):
+            value = INITIAL_WEIGHT_KEYS[key]
+        elif key == TRAINED_FROM_KEY and value and not Path(value).expanduser().is_file():
+            missing.append(str(value))
+            value = None
+        rebuilt[key] = rebuild_config(value, missing)
+    return rebuilt
+
+
+@contextlib.contextmanager
+def _without_warnings():
+    """Rebuilding without the files of initial weights warns about random weights, which the state_dict
+    replaces right after: silence warnings while the module is built."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def instantiate_model(config: dict, path: str | Path) -> nn.Module:
+    """The LightningModule described by a stored config (random weights, built with Hydra)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    missing: list[str] = []
+    rebuilt = rebuild_config(copy.deepcopy(config), missing)
+    try:
+        with _without_warnings():
+            return hydra.utils.instantiate(OmegaConf.create(rebuilt))
+    except Exception as err:
+        if missing:
+            raise FileNotFoundError(
+                f"{path} was trained from {', '.join(missing)}, which does not exist any more, and its model "
+                f"cannot be rebuilt without it (a post-hoc 'checkpoint' backbone takes its architecture from that "
+                f"file); restore it. ({type(err).__name__}: {err})") from err
+        raise
+
+
+def load_run(checkpoint: str | Path) -> LoadedRun:
+    """Rebuild the LightningModule of a ``train.py`` checkpoint from its stored config, load its weights and
+    put it in eval mode; returns ``(module, config, path)``.
+
+    escnn layers cache their expanded filters in buffers (``filter``, ``expanded_bias``) that exist in eval
+    mode only, so a checkpoint saved at validation end may hold them and a fresh module not: the module's
+    escnn layers are made mode-independent first (:func:`gevit.escnn_utils.make_state_dict_mode_independent`:
+    cached buffers in the file are ignored and rebuilt from the loaded weights), then loaded strictly.
+    """
+    path = Path(checkpoint)
+    state = read_checkpoint(path)
+    config = stored_config(state, path)
+    module = make_state_dict_mode_independent(instantiate_model(config, path))
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the weights in {path} do not fit the model its config describes "
+                              f"({config['_target_']}):\n{err}") from err
+    module.eval()
+    return LoadedRun(module, config, path)
