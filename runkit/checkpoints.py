@@ -25,9 +25,17 @@ from gevit.escnn_utils import make_state_dict_mode_independent
 
 CONFIG_KEY = "gevit_model_config"
 
-# Config keys that only fetch *initial* weights (official GE-ViT weights, timm/torchvision pretrained files):
-# the checkpoint's state_dict holds every trained weight, so they are switched off when rebuilding.
+# Config keys that only fetch *initial* weights (official GE-ViT weights, timm/torchvision pretrained files,
+# and any ``init_<part>_from`` such as a post-hoc aggregator started from an earlier run): the checkpoint's
+# state_dict holds every trained weight, so they are switched off when rebuilding.
 INITIAL_WEIGHT_KEYS = {"init_from": None, "weights": None, "pretrained": False}
+
+
+def _initial_weights_off(key: str):
+    """The value that switches off config key ``key`` if it fetches initial weights, else ``...``."""
+    if key in INITIAL_WEIGHT_KEYS:
+        return INITIAL_WEIGHT_KEYS[key]
+    return None if key.startswith("init_") and key.endswith("_from") else ...
 # ``ckpt_path`` names the file a post-hoc backbone was trained from. Its weights are overwritten by the
 # state_dict too, but a ``checkpoint`` backbone also takes its architecture from it: kept when the file
 # exists, dropped when it does not (and named if the model then cannot be built).
@@ -81,8 +89,8 @@ def stored_config(checkpoint: dict, path: str | Path) -> dict:
 def rebuild_config(config: Any, missing: list[str]) -> Any:
     """A copy of a stored config that rebuilds the architecture without the files of its initial weights.
 
-    Walks the whole tree (wherever a network, backbone or aggregator sits): :data:`INITIAL_WEIGHT_KEYS` are
-    switched off, a ``ckpt_path`` that no longer exists is dropped and appended to ``missing``.
+    Walks the whole tree (wherever a network, backbone or aggregator sits): :data:`INITIAL_WEIGHT_KEYS` and
+    ``init_*_from`` keys are switched off, a ``ckpt_path`` that no longer exists is dropped and appended to ``missing``.
     """
     if isinstance(config, list):
         return [rebuild_config(value, missing) for value in config]
@@ -90,13 +98,14 @@ def rebuild_config(config: Any, missing: list[str]) -> Any:
         return config
     config = dict(config)
     for key, renames in _REBUILD_AS.items():
-        if config.get(key) in renames:
+        if isinstance(config.get(key), str) and config[key] in renames:
             config[key] = renames[config[key]]
             config.pop(TRAINED_FROM_KEY, None)  # the peer file held initial weights only
     rebuilt = {}
     for key, value in config.items():
-        if key in INITIAL_WEIGHT_KEYS and value not in (None, False):
-            value = INITIAL_WEIGHT_KEYS[key]
+        off = _initial_weights_off(key)
+        if off is not ... and value not in (None, False):
+            value = off
         elif key == TRAINED_FROM_KEY and value and not Path(value).expanduser().is_file():
             missing.append(str(value))
             value = None

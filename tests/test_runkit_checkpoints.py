@@ -44,13 +44,13 @@ def test_rebuilding_switches_off_initial_weights_anywhere_in_the_config(tmp_path
     existing = tmp_path / "stage1.ckpt"
     existing.write_bytes(b"")
     missing: list[str] = []
-    config = {"_target_": "x.Y", "init_from": "official.pt",
+    config = {"_target_": "x.Y", "init_from": "official.pt", "init_aggregator_from": "runs/earlier",
               "net": {"_target_": "timm.create", "pretrained": True, "weights": "w.pth"},
               "backbone": {"source": "checkpoint", "ckpt_path": str(existing)},
               "others": [{"ckpt_path": str(tmp_path / "gone.ckpt")},
                          {"source": "peer_vit", "ckpt_path": "peer.pt", "embed_dim": 64}]}
     rebuilt = rebuild_config(config, missing)
-    assert rebuilt["init_from"] is None and rebuilt["net"]["pretrained"] is False and rebuilt["net"]["weights"] is None
+    assert rebuilt["init_from"] is None and rebuilt["init_aggregator_from"] is None and rebuilt["net"]["pretrained"] is False and rebuilt["net"]["weights"] is None
     assert rebuilt["backbone"]["ckpt_path"] == str(existing)  # a checkpoint backbone's architecture lives there
     assert rebuilt["others"][0]["ckpt_path"] is None and missing == [str(tmp_path / "gone.ckpt")]
     assert rebuilt["others"][1] == {"source": "vit", "embed_dim": 64}  # the peer ViT is this project's ViT
