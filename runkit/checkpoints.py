@@ -141,7 +141,9 @@ def instantiate_model(config: dict, path: str | Path) -> nn.Module:
                 f"{path} was trained from {', '.join(missing)}, which does not exist any more, and its model "
                 f"cannot be rebuilt without it (a post-hoc 'checkpoint' backbone takes its architecture from that "
                 f"file); restore it. ({type(err).__name__}: {err})") from err
-        raise
+        raise CheckpointError(f"the model config stored in {path} ({config['_target_']}) cannot be built by this "
+                              f"version of the code; was it written by an older one? ({type(err).__name__}: "
+                              f"{err})") from err
 
 
 def load_run(checkpoint: str | Path) -> LoadedRun:
