@@ -12,13 +12,10 @@ from typing import Optional
 import torch.nn as nn
 
 from gevit.groups import Group
-from gevit.layers.group_attention import GroupSelfAttention, LiftingSelfAttention
 from gevit.models.group_transformer import GroupTransformer
 from gevit.models.hybrid import HybridViT
 from gevit.models.vit import VisionTransformer
 from gevit.posthoc.wrapper import PostHocInvariant
-
-GROUP_ATTENTION_LAYERS = (LiftingSelfAttention, GroupSelfAttention)
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,9 @@ class ModelFacts:
     view_weights: bool = False
 
 
-def group_attention_layers(net: nn.Module) -> list[nn.Module]:
-    """The lifting and group self-attention layers inside ``net``, in forward order (registration order)."""
-    return [m for m in net.modules() if isinstance(m, GROUP_ATTENTION_LAYERS)]
-
-
 def attention_window(layer: nn.Module) -> Optional[int]:
-    """Side k of a group attention layer's k x k neighbourhood, or None for global attention."""
+    """Side k of a group attention layer's (``gevit.layers.group_attention``) k x k neighbourhood, or None for
+    global attention."""
     if layer.is_global:
         return None
     return int(getattr(layer, "attention_window", None) or layer.patch_size)
