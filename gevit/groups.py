@@ -9,7 +9,8 @@ Names (shared by GE-ViT, the post-hoc wrappers and the escnn models):
 | ``mz2`` | identity and a mirror | 2 |
 | ``p4m``, ``p8m`` | rotations and mirrors (D_n) | 2n |
 
-Aliases: ``c4, c8, c12, c16`` (= p4 ...), ``flip`` (= mz2), ``d4`` (= p4m), ``d8`` (= p8m), ``c1`` (= z2).
+Aliases (any case): ``c4, c8, c12, c16`` (= p4 ...), ``flip``/``d1`` (= mz2), ``d4`` (= p4m), ``d8`` (= p8m),
+``c1`` (= z2); so ``p4 = c4 = C4`` and ``p4m = d4 = D4``. Configs spell every group by its canonical name.
 
 An element is the pair ``(r, m)``, meaning "mirror if m, then rotate counter-clockwise by r*360/n
 degrees": its matrix is ``R(r) @ M**m``. Elements are indexed ``r + n*m``. Coordinates are image offsets
@@ -20,6 +21,12 @@ degrees": its matrix is ``R(r) @ M**m``. Elements are indexed ``r + n*m``. Coord
 
 The group acts on a feature map ``f(g, x)`` on (group x space) from the left:
 ``(u . f)(g, x) = f(u^-1 g, A_u^-1 x)``, which :meth:`Group.act_on_feature_map` implements.
+
+This module is the one home of the group concept: besides the algebra it gives the escnn gspace of a
+group (:meth:`Group.gspace`, used by the escnn models), the orbit of an image batch and its inverse on
+per-view maps (:meth:`Group.orbit`, :meth:`Group.undo_orbit`: post-hoc views, augmentations), the orbits
+of the pixels of a k x k kernel (:meth:`Group.kernel_orbits`: tied, invariant kernels) and the orbit
+average of a kernel (:meth:`Group.symmetrize`).
 """
 from __future__ import annotations
 
@@ -42,8 +49,10 @@ _SPECS = {
     "p8m": (8, True),
 }
 
-# Names used for input-transformation groups (post-hoc wrappers) are aliases of the same groups.
-ALIASES = {"c1": "z2", "c4": "p4", "c8": "p8", "c12": "p12", "c16": "p16", "flip": "mz2", "d4": "p4m", "d8": "p8m"}
+# Names used for input-transformation groups (post-hoc wrappers) and the C_n / D_n names of the escnn
+# models are aliases of the same groups (looked up case-insensitively: C4 = c4 = p4).
+ALIASES = {"c1": "z2", "c4": "p4", "c8": "p8", "c12": "p12", "c16": "p16", "flip": "mz2", "d1": "mz2",
+           "d4": "p4m", "d8": "p8m"}
 
 GROUP_NAMES = tuple(_SPECS) + tuple(ALIASES)
 
@@ -81,6 +90,12 @@ class Group:
     def contains_quarter_turn(self) -> bool:
         """True when rotating by 90 degrees is an element (n divisible by 4)."""
         return self.num_rotations % 4 == 0
+
+    @property
+    def acts_exactly_on_pixels(self) -> bool:
+        """True when every element maps the pixel grid onto itself (rotations by multiples of 90 degrees,
+        mirrors): z2, p4, mz2, p4m. Only such groups can tie kernels or act on maps without resampling."""
+        return 4 % self.num_rotations == 0
 
     def quarter_turn_steps(self) -> int:
         if not self.contains_quarter_turn:
@@ -125,7 +140,7 @@ class Group:
 
     # ---- actions on images and feature maps --------------------------------------------------------
     def act_on_images(self, images: torch.Tensor, index: int, interpolation: str = "bilinear",
-                      padding: str = "zeros") -> torch.Tensor:
+                      padding_mode: str = "zeros") -> torch.Tensor:
         """Transform (..., H, W) images by the element: mirror (if any), then rotate counter-clockwise.
 
         Exact (``torch.flip`` / ``torch.rot90``) for multiples of 90 degrees; interpolated otherwise.
@@ -136,36 +151,68 @@ class Group:
         if angle == 0.0:
             return out
         if out.ndim == 4:
-            return rotate(out, angle, interpolation=interpolation, padding=padding)
+            return rotate(out, angle, interpolation=interpolation, padding_mode=padding_mode)
         lead = out.shape[:-2]
         flat = out.reshape(-1, 1, *out.shape[-2:])
-        return rotate(flat, angle, interpolation=interpolation, padding=padding).reshape(*lead, *out.shape[-2:])
+        return rotate(flat, angle, interpolation=interpolation, padding_mode=padding_mode).reshape(
+            *lead, *out.shape[-2:])
 
     def orbit(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
         """All transformed copies: (B, C, H, W) -> (B, |G|, C, H, W), element ``i`` at position ``i``."""
         return torch.stack([self.act_on_images(images, i, **kwargs) for i in range(self.order)], dim=1)
 
-    def act_on_feature_map(self, features: torch.Tensor, index: int, group_dim: int = 2) -> torch.Tensor:
-        """Left action on a (..., |G|, ..., H, W) feature map: ``(u.f)(g, x) = f(u^-1 g, A_u^-1 x)``.
+    def undo_orbit(self, maps: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The inverse of :meth:`orbit` view by view: (B, |G|, ..., h, w) -> (B, |G|, ..., h, w) with
+        ``g_i^-1`` applied to the spatial axes of entry ``i`` (exact for multiples of 90 degrees)."""
+        return torch.stack([self.act_on_images(maps[:, i], self.inverse(i), **kwargs)
+                            for i in range(self.order)], dim=1)
 
-        The spatial part must be exact, so only elements whose rotation is a multiple of 90 degrees are
-        accepted.
+    def random_element(self, generator: torch.Generator | None = None) -> int:
+        """A uniformly random element index (the rotation is drawn first, then the mirror bit)."""
+        r = int(torch.randint(self.num_rotations, (), generator=generator))
+        m = int(torch.randint(2, (), generator=generator)) if self.mirror else 0
+        return self.index((r, m))
+
+    # ---- kernels -------------------------------------------------------------------------------------
+    def _require_exact(self, what: str) -> None:
+        if not self.acts_exactly_on_pixels:
+            raise ValueError(f"{what} needs a group acting exactly on the pixel grid (z2, p4, mz2, p4m), got {self.name}")
+
+    def kernel_orbits(self, kernel_size: int) -> torch.Tensor:
+        """Orbit index ``(k, k)`` (values 0..n_orbits-1) of the pixels of a k x k grid under the group.
+
+        Two pixels share an index iff an element maps one onto the other, so a kernel that is constant on
+        orbits is invariant under the group (3 orbits for k = 3 under p4 and p4m; 7 / 6 for k = 5).
         """
-        r, _ = self.elements[index]
-        if (r * 4) % self.num_rotations:
-            raise ValueError(f"element {index} of {self.name} is not a multiple of 90 degrees")
-        u_inv = self.inverse(index)
-        # new[g] = old[u^-1 g]
-        permutation = self.cayley_table[u_inv]
-        permuted = features.index_select(group_dim, permutation.to(features.device))
-        return self.act_on_images(permuted, index)
+        self._require_exact("kernel_orbits")
+        grid = torch.arange(kernel_size * kernel_size).reshape(kernel_size, kernel_size)
+        images = torch.stack([self.act_on_images(grid, i) for i in range(self.order)])
+        # Every pixel's orbit is {image[p] for image in images}; its minimum labels it canonically.
+        return torch.unique(images.min(dim=0).values, return_inverse=True)[1]
+
+    def symmetrize(self, kernel: torch.Tensor) -> torch.Tensor:
+        """The orbit average ``mean_g g . kernel`` over the last two (spatial) dims: an invariant kernel."""
+        self._require_exact("symmetrize")
+        return torch.stack([self.act_on_images(kernel, i) for i in range(self.order)]).mean(0)
+
+    # ---- escnn ---------------------------------------------------------------------------------------
+    def gspace(self):
+        """The escnn gspace whose fibre group is this group acting on the plane: C_n -> ``rot2dOnR2(n)``,
+        D_n -> ``flipRot2dOnR2(n)`` (z2, mz2: n = 1). escnn's regular fields order their channels as the
+        elements here, and its mirror is this module's (``tests/test_groups.py``)."""
+        from escnn import gspaces  # escnn is imported only by the models that need it
+
+        if self.mirror:
+            return gspaces.flipRot2dOnR2(self.num_rotations)
+        return gspaces.rot2dOnR2(self.num_rotations)
 
 
 def get_group(name: str) -> Group:
     """The group called ``name`` (see the module docstring for the list)."""
     if isinstance(name, Group):
         return name
-    canonical = ALIASES.get(name, name)
+    key = str(name).lower()
+    canonical = ALIASES.get(key, key)
     try:
         n, mirror = _SPECS[canonical]
     except KeyError:

@@ -6,7 +6,8 @@ import torch
 
 import gevit
 from gevit.models import CvT, EqCvT, SymmetricConv2d
-from gevit.models.eqcvt import kernel_orbits, symmetric_paddings
+from gevit.groups import get_group
+from gevit.models.eqcvt import symmetric_paddings
 
 PUBLISHED_PARAMS = 64810
 # The data sets' real sizes: RotMNIST 28x28x1, PCam 96x96x3, lensing 129x129x1.
@@ -77,7 +78,7 @@ def test_invariance_survives_training_steps():
 
 def test_d4_variant_is_invariant_to_rotations_and_flips():
     torch.manual_seed(0)
-    model = EqCvT(image_size=96, in_channels=3, group="D4")  # the PCam experiment's model
+    model = EqCvT(image_size=96, in_channels=3, group="p4m")  # the PCam experiment's model
     x = torch.rand(2, 3, 96, 96)
     for transform in (rot(1), rot(2), flip, lambda t: flip(rot(1)(t))):
         assert relative_change(model, x, transform) < 1e-5
@@ -110,7 +111,8 @@ def test_registry_and_shapes():
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, 29, 29\), got \(3, 1, 28, 28\)"):
         model(torch.rand(3, 1, 28, 28))
     with pytest.raises(ValueError, match="group must be one of"):
-        EqCvT(image_size=29, group="C8")
+        EqCvT(image_size=29, group="p8")
+    assert EqCvT(image_size=29, group="D4").group == CvT(group="C4").group.replace("4", "4m")  # old spellings
     with pytest.raises(ValueError, match="only a 1-channel image can be repeated"):
         EqCvT(image_size=29, in_channels=3, input_fields=6)
 
@@ -128,13 +130,13 @@ def test_grid_geometry():
     assert symmetric_paddings(60, 3, 1) == [1, 0]
 
 
-@pytest.mark.parametrize("kernel_size, group, orbits", [(3, "C4", 3), (3, "D4", 3), (5, "C4", 7), (5, "D4", 6)])
+@pytest.mark.parametrize("kernel_size, group, orbits", [(3, "p4", 3), (3, "p4m", 3), (5, "p4", 7), (5, "p4m", 6)])
 def test_symmetric_conv_kernels(kernel_size, group, orbits):
-    assert int(kernel_orbits(kernel_size, group).max()) + 1 == orbits
+    assert int(get_group(group).kernel_orbits(kernel_size).max()) + 1 == orbits
     conv = SymmetricConv2d(4, 6, kernel_size, padding=kernel_size // 2, groups=2, group=group)
     kernel = conv.kernel()
     assert kernel.shape == (6, 2, kernel_size, kernel_size)
     assert torch.equal(kernel, torch.rot90(kernel, 1, dims=(-2, -1)))
-    assert torch.equal(kernel, torch.flip(kernel, dims=(-1,))) == (group == "D4" or kernel_size == 3)
+    assert torch.equal(kernel, torch.flip(kernel, dims=(-1,))) == (group == "p4m" or kernel_size == 3)
     x = torch.rand(2, 4, 9, 9)
     torch.testing.assert_close(conv(torch.rot90(x, 1, dims=(-2, -1))), torch.rot90(conv(x), 1, dims=(-2, -1)))

@@ -64,14 +64,15 @@ class GroupTransformerBlock(nn.Module):
 
     (the original's layout: pre-activation attention and a bottleneck MLP). The shortcut is a 1x1 map
     when the channel count changes. (B, C_in, |G|, S, S) -> (B, C_out, |G|, S - 2 crop, S - 2 crop).
+    ``attention_window``: the odd side k of the k x k neighbourhood each query attends to (None: global).
     """
 
-    def __init__(self, group, in_channels: int, out_channels: int, num_heads: int, patch_size: Optional[int],
+    def __init__(self, group, in_channels: int, out_channels: int, num_heads: int, attention_window: Optional[int],
                  image_size: int, crop: int = 0, norm: str = "layer", activation: str = "swish",
                  attention_dropout: float = 0.0, value_dropout: float = 0.0, encoding: str = "gevit"):
         super().__init__()
         self.attention = GroupSelfAttention(group, in_channels, out_channels // 2, out_channels, num_heads,
-                                            patch_size, image_size, attention_dropout, encoding)
+                                            attention_window, image_size, attention_dropout, encoding)
         self.pre_norm = make_norm(norm, in_channels)
         self.pre_act = make_activation(activation)
         self.post_norm = make_norm(norm, out_channels)

@@ -1,5 +1,8 @@
 """EqCvT (Sachdev, GSoC 2022): a C4-steerable escnn block followed by one Convolutional-ViT stage; the plain CvT.
 
+Groups are :mod:`gevit.groups` names: ``p4`` (= c4 = C4, rotations by 90 degrees) or ``p4m`` (= d4 = D4, also
+mirrors); the escnn gspace, the kernel orbits and the actions all come from there.
+
 Shapes follow torch: images ``(B, C, S, S)``, logits ``(B, num_classes)``. A rotation by 90 degrees is
 ``torch.rot90(x, 1, dims=(-2, -1))``; a flip is ``torch.flip(x, dims=(-1,))``.
 
@@ -36,47 +39,41 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gevit.groups import Group, get_group
+from gevit.layers.common import ChannelLayerNorm
 from gevit.registry import register_model
 
-GROUPS = ("C4", "D4")
+GROUPS = ("p4", "p4m")  # canonical names; any spelling of gevit.groups is accepted (c4, C4, d4, D4, ...)
+
+
+def square_group(group) -> Group:
+    """The :class:`~gevit.groups.Group` of ``group`` if it is p4 or p4m (the models' symmetries), else ValueError."""
+    resolved = get_group(group)
+    if resolved.name not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS} (or an alias such as c4 / d4), got {group!r}")
+    return resolved
 
 
 # ---- symmetric convolutions -----------------------------------------------------------------------
-def kernel_orbits(kernel_size: int, group: str) -> torch.Tensor:
-    """Orbit index ``(k, k)`` (values 0..n_orbits-1) of the pixels of a k x k grid under C4 or D4.
-
-    C4 acts by ``rot90``; D4 also by mirroring. Two pixels share an index iff a group element maps one onto
-    the other, so a kernel that is constant on orbits is invariant under the group.
-    """
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
-    grid = torch.arange(kernel_size * kernel_size).reshape(kernel_size, kernel_size)
-    images = [torch.rot90(grid, r, dims=(0, 1)) for r in range(4)]
-    if group == "D4":
-        images += [torch.flip(image, dims=(1,)) for image in images]
-    # Every pixel's orbit is {image[p] for image in images}; its minimum labels it canonically.
-    canonical = torch.stack(images).min(dim=0).values
-    return torch.unique(canonical, return_inverse=True)[1]
-
-
 class SymmetricConv2d(nn.Module):
-    """A Conv2d whose k x k kernels are invariant under C4 (rotations by 90 degrees) or D4 (and mirrors).
+    """A Conv2d whose k x k kernels are invariant under p4 (rotations by 90 degrees) or p4m (and mirrors).
 
-    Each kernel is parametrised by one value per pixel orbit (:func:`kernel_orbits`; 3 for k = 3, 6 for
-    k = 5), so ``conv(rot90(x)) == rot90(conv(x))`` for stride 1 and for any stride/padding whose sampling
+    Each kernel is parametrised by one value per pixel orbit (:meth:`gevit.groups.Group.kernel_orbits`; 3 for
+    k = 3, 6 for k = 5 under p4m), so ``conv(rot90(x)) == rot90(conv(x))`` for stride 1 and for any stride/padding whose sampling
     grid is mapped onto itself (see :func:`symmetric_paddings`). Same interface as ``nn.Conv2d`` (square
     kernels, ``groups`` supported); initialised like ``nn.Conv2d`` (uniform, bound ``1/sqrt(fan_in)``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 groups: int = 1, bias: bool = True, group: str = "C4"):
+                 groups: int = 1, bias: bool = True, group: str = "p4"):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible by "
                              f"groups {groups}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.stride, self.padding, self.groups, self.group = stride, padding, groups, group
-        orbits = kernel_orbits(kernel_size, group)
+        self.symmetry = square_group(group)
+        self.stride, self.padding, self.groups, self.group = stride, padding, groups, self.symmetry.name
+        orbits = self.symmetry.kernel_orbits(kernel_size)
         self.register_buffer("orbit_index", orbits, persistent=False)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, int(orbits.max()) + 1))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -99,7 +96,7 @@ class SymmetricConv2d(nn.Module):
 
 def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int = 1,
               bias: bool = True, symmetry: Optional[str] = None) -> nn.Module:
-    """``nn.Conv2d``, or :class:`SymmetricConv2d` with group ``symmetry`` ("C4"/"D4") when it is given."""
+    """``nn.Conv2d``, or :class:`SymmetricConv2d` with group ``symmetry`` (p4 / p4m) when it is given."""
     if symmetry is None:
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
     return SymmetricConv2d(in_channels, out_channels, kernel_size, stride, padding, groups, bias, symmetry)
@@ -127,20 +124,6 @@ def symmetric_paddings(size: int, kernel_size: int, stride: int) -> list[int]:
 
 
 # ---- CvT building blocks --------------------------------------------------------------------------
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of each position: (B, C, H, W) -> (B, C, H, W)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
 class ConvProjection(nn.Module):
     """CvT's convolutional projection: depthwise k x k conv (no bias) -> BatchNorm2d -> 1x1 conv (no bias).
 
@@ -220,19 +203,18 @@ class CvT(nn.Module):
     BatchNorm needs training batches of at least 2).
 
     ``invariant=False`` is the plain CvT (paddings ``k // 2``). ``invariant=True`` makes it exactly invariant
-    to ``group`` ("C4": ``rot90``; "D4": also flips): kernels tied over the group's orbits, an even input
+    to ``group`` (p4: ``rot90``; p4m: also flips): kernels tied over the group's orbits, an even input
     first reduced by a 2x2 mean (stride 1), and the embedding padding chosen so that the token grid and the
     key/value grid are mirror-symmetric (see the module docstring). ``token_size`` and ``kv_size`` are the
     sides of the token map and of the key/value map for ``image_size`` inputs.
     """
 
     def __init__(self, image_size: int = 129, in_channels: int = 1, num_classes: int = 2, invariant: bool = False,
-                 group: str = "C4", embed_dim: int = 32, embed_kernel: int = 3, embed_stride: int = 2,
+                 group: str = "p4", embed_dim: int = 32, embed_kernel: int = 3, embed_stride: int = 2,
                  depth: int = 2, num_heads: int = 3, head_dim: int = 64, mlp_hidden_dim: int = 64,
                  proj_kernel: int = 3, kv_stride: int = 2, dropout: float = 0.1, head_hidden_dim: int = 64):
         super().__init__()
-        if group not in GROUPS:
-            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        group = square_group(group).name
         if embed_kernel % 2 == 0 or proj_kernel % 2 == 0:
             raise ValueError(f"embed_kernel ({embed_kernel}) and proj_kernel ({proj_kernel}) must be odd")
         self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
@@ -290,7 +272,7 @@ class CvT(nn.Module):
 class EqCvT(nn.Module):
     """EqCvT: escnn steerable block -> group pooling -> one CvT stage -> head; (B, C, S, S) -> (B, num_classes).
 
-    Equivariant block (escnn, group ``group`` = "C4" rotations by 90 degrees or "D4" rotations and mirrors,
+    Equivariant block (escnn, group ``group`` = p4: rotations by 90 degrees, or p4m: rotations and mirrors,
     acting on the plane and on the fields): optional circular input mask (e2cnn's ``MaskModule`` values:
     radius ``(S-1)/2`` shrunk by ``mask_margin`` %), ``R2Conv`` from ``input_fields`` trivial fields to
     ``regular_fields`` regular fields (``conv_kernel`` x ``conv_kernel``, padding ``conv_padding``, no bias),
@@ -307,27 +289,26 @@ class EqCvT(nn.Module):
     Then :class:`CvT` on the invariant fields (its ``embed_dim``... arguments; defaults are the published
     ones: 32 channels, depth 2, 3 heads of 64, MLP 64, key/value stride 2, dropout 0.1, head 32 -> 64 -> K).
 
-    ``invariant=True`` (default): exactly invariant logits under the group (``torch.rot90``; for D4 also
+    ``invariant=True`` (default): exactly invariant logits under the group (``torch.rot90``; for p4m also
     ``torch.flip``) at any image size, proven by ``tests/test_eqcvt.py`` at 28, 96 and 129; 62,122 parameters
     at 129x129x1 / 2 classes. ``invariant=False``: the published architecture, 64,810 parameters, whose
     invariance is only approximate. See the module docstring for what the two differ in.
     """
 
     def __init__(self, image_size: int = 129, in_channels: int = 1, num_classes: int = 2, invariant: bool = True,
-                 group: str = "C4", input_fields: Optional[int] = None, regular_fields: int = 10,
+                 group: str = "p4", input_fields: Optional[int] = None, regular_fields: int = 10,
                  conv_kernel: int = 7, conv_padding: int = 1, mask: bool = True, mask_margin: float = 1.0,
                  pool_sigma: float = 0.66, embed_dim: int = 32, embed_kernel: int = 3, embed_stride: int = 2,
                  depth: int = 2, num_heads: int = 3, head_dim: int = 64, mlp_hidden_dim: int = 64,
                  proj_kernel: int = 3, kv_stride: int = 2, dropout: float = 0.1, head_hidden_dim: int = 64):
         super().__init__()
-        from escnn import gspaces
         from escnn import nn as enn
         from escnn.nn.modules.masking_module import build_mask
 
         from gevit.escnn_utils import GeometricWrapper
 
-        if group not in GROUPS:
-            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        symmetry = square_group(group)
+        group = symmetry.name
         input_fields = in_channels if input_fields is None else input_fields
         if input_fields != in_channels and in_channels != 1:
             raise ValueError(f"input_fields={input_fields} differs from in_channels={in_channels}; only a "
@@ -339,7 +320,7 @@ class EqCvT(nn.Module):
         else:
             self.mask = None
 
-        gspace = gspaces.rot2dOnR2(4) if group == "C4" else gspaces.flipRot2dOnR2(4)
+        gspace = symmetry.gspace()
         in_type = enn.FieldType(gspace, input_fields * [gspace.trivial_repr])
         hidden = enn.FieldType(gspace, regular_fields * [gspace.regular_repr])
         self.equivariant = GeometricWrapper(enn.SequentialModule(

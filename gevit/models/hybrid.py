@@ -7,7 +7,8 @@ first maps the input (B, C, S, S) to a small map (B, D, s, s) (28x28 -> 7x7, 96x
 
 ``stem="escnn"``
     ``len(stem_channels)`` stages, each ``R2Conv`` (odd kernel k, padding k//2, stride 1; regular fields of
-    ``gspaces.rot2dOnR2(n)`` for pN, ``flipRot2dOnR2(n)`` for pNm) -> ``InnerBatchNorm`` -> ``ReLU`` ->
+    the group's escnn gspace, :meth:`gevit.groups.Group.gspace`: ``rot2dOnR2(n)`` for pN, ``flipRot2dOnR2(n)``
+    for pNm) -> ``InnerBatchNorm`` -> ``ReLU`` ->
     downsampling by 2; then ``GroupPooling`` (max over each regular field) gives invariant scalar fields,
     the input type GE-ViT's lifting layer expects (regular fields cannot be handed over as they are: the
     lifting layer treats input channels as scalars, so a permuted fibre would break invariance).
@@ -16,7 +17,8 @@ first maps the input (B, C, S, S) to a small map (B, D, s, s) (28x28 -> 7x7, 96x
     non-overlapping P x P patches (``embed_patch_size``), each embedded by one shared Linear averaged over
     the group orbit of the patch (its 4 quarter turns, and their mirrors for pNm). Averaging a linear map
     over the orbit is the same as using the orbit-averaged weight, so it is computed as one stride-P
-    convolution with a C4/D4-symmetric kernel: every patch feature is exactly invariant.
+    convolution with a C4/D4-symmetric kernel (:meth:`gevit.groups.Group.symmetrize`): every patch feature is
+    exactly invariant.
 
 **Exactness.** ``f(rot90(x)) == f(x)`` (and ``f(flip(x)) == f(x)`` for pNm) up to float rounding, at the
 data sets' sizes, because every spatial operation commutes with the quarter turns (and mirrors) of the
@@ -38,18 +40,19 @@ square grid, which needs its sampling grid to map onto itself:
   flag is copied to :attr:`HybridViT.exactly_invariant`). On an odd artificial image (7x7) use a single
   block (``block_sizes=[k]``) so that it never pools.
 
-Use it from a notebook with ``gevit.create_model("hybrid", group="p4")`` (defaults: RotMNIST, escnn stem,
-GE-ViT with 5x5 neighbourhoods on 7x7; ``patch_size=None`` for global).
+Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.create_model("hybrid", group="p4")``
+(defaults: RotMNIST, escnn stem, GE-ViT with 5x5 neighbourhoods on 7x7; ``attention_window=None`` for global).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gevit.groups import get_group
+from gevit.groups import Group, get_group
+from gevit.layers.common import ChannelLayerNorm, per_item
 from gevit.models.group_transformer import GroupTransformer
 from gevit.registry import register_model
 
@@ -57,37 +60,26 @@ STEMS = ("escnn", "patch_embed")
 DOWNSAMPLES = ("avg", "max", "antialiased")
 
 
-def make_gspace(group_name: str):
-    """The escnn gspace of a :mod:`gevit.groups` name: pN -> ``rot2dOnR2(N)``, pNm -> ``flipRot2dOnR2(N)``."""
-    from escnn import gspaces
-
-    group = get_group(group_name)
-    if group.mirror:
-        return gspaces.flipRot2dOnR2(group.num_rotations)
-    return gspaces.rot2dOnR2(group.num_rotations)
-
-
 class SymmetricPatchEmbed(nn.Module):
     """Patch embedding whose output is exactly invariant to the quarter turns (and mirrors) of each patch.
 
     ``(B, C, S, S) -> (B, dim, S/P, S/P)``. One shared Linear ``C*P*P -> dim`` is averaged over the orbit
     of each patch under C4 (``mirror=False``) or D4 (``mirror=True``): ``mean_g W(g . patch)``. By
-    linearity this equals the orbit-averaged weight applied once, so the module stores the Linear's weight
-    and symmetrises it on the fly (gradients reach the shared weight exactly as in the averaged form).
+    linearity this equals the orbit-averaged weight applied once (:meth:`gevit.groups.Group.symmetrize`),
+    so the module stores the Linear's weight and symmetrises it on the fly (gradients reach the shared
+    weight exactly as in the averaged form).
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, mirror: bool = False, bias: bool = True):
         super().__init__()
         self.in_channels, self.dim, self.patch_size, self.mirror = in_channels, dim, patch_size, mirror
         self.proj = nn.Linear(in_channels * patch_size * patch_size, dim, bias=bias)
+        self.symmetry: Group = get_group("p4m" if mirror else "p4")  # the square grid's quarter turns (and mirrors)
 
     def kernel(self) -> torch.Tensor:
         """The orbit-averaged weight as a conv kernel ``(dim, C, P, P)``."""
         weight = self.proj.weight.view(self.dim, self.in_channels, self.patch_size, self.patch_size)
-        images = [torch.rot90(weight, r, dims=(-2, -1)) for r in range(4)]
-        if self.mirror:
-            images += [torch.flip(image, dims=(-1,)) for image in images]
-        return torch.stack(images).mean(0)
+        return self.symmetry.symmetrize(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
@@ -112,10 +104,8 @@ def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Se
 
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
-    kernel_sizes = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) else list(kernel_sizes)
-    if len(kernel_sizes) != len(channels):
-        raise ValueError(f"stem_kernel_size has {len(kernel_sizes)} entries, expected {len(channels)}")
-    gspace = make_gspace(group)
+    kernel_sizes = per_item(kernel_sizes, len(channels), "stem_kernel_size")
+    gspace = get_group(group).gspace()
     in_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
     current, size, layers = in_type, image_size, []
     for fields, kernel in zip(channels, kernel_sizes):
@@ -149,7 +139,7 @@ def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Se
 # Where the GE-ViT part differs from GroupTransformer's defaults (the official rotMNIST layout): one block
 # of four 5x5-attention layers without crops, so the odd 7x7 artificial image is never max-pooled, and
 # mean pooling over space.
-VIT_DEFAULTS = dict(patch_size=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+VIT_DEFAULTS = dict(attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
 
 
 class HybridViT(nn.Module):
@@ -162,10 +152,10 @@ class HybridViT(nn.Module):
         stem_kernel_size: odd R2Conv kernel (int or one per stage).
         downsample: ``avg`` / ``max`` (2x2, stride 2, even maps) or ``antialiased`` (escnn's Gaussian).
         embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
-        patch_size: GE-ViT's attention neighbourhood on the artificial image (odd int), or ``None`` /
-            ``"global"`` for global attention.
         vit_options: keywords of :class:`~gevit.models.group_transformer.GroupTransformer` for the
-            GE-ViT part (defaults :data:`VIT_DEFAULTS` on top of GroupTransformer's own).
+            GE-ViT part (defaults :data:`VIT_DEFAULTS` on top of GroupTransformer's own), e.g.
+            ``attention_window``: its neighbourhood on the artificial image (odd int, or ``None`` /
+            ``"global"`` for global attention).
     """
 
     def __init__(
@@ -200,7 +190,7 @@ class HybridViT(nn.Module):
             self.stem = SymmetricPatchEmbed(in_channels, embed_dim, embed_patch_size, get_group(group).mirror)
             size, features = image_size // embed_patch_size, embed_dim
             # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
-            self.stem_norm = _ChannelLayerNorm(embed_dim)
+            self.stem_norm = ChannelLayerNorm(embed_dim)
         self.artificial_size, self.artificial_channels = size, features
         self.vit = GroupTransformer(group=group, in_channels=features, num_classes=num_classes, image_size=size,
                                     **{**VIT_DEFAULTS, **vit_options})
@@ -214,17 +204,6 @@ class HybridViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(self.artificial_image(x))
-
-
-class _ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of every position of a (B, C, H, W) map."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def attention_pairs(model: nn.Module) -> int:
