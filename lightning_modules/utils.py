@@ -143,9 +143,10 @@ def run_identity(cfg: DictConfig) -> dict:
         if choices.get(key):
             tags.append(f"{key.split('/')[-1]}:{choices[key]}")
     model = cfg.get("model") or {}
-    for key, label in (("group", "group"), ("regime", "regime"), ("patch_size", "patch")):
-        if isinstance(model, DictConfig) and model.get(key) is not None:
-            tags.append(f"{label}:{model.get(key)}")
+    for key, label in (("group", "group"), ("regime", "regime"), ("attention_window", "window")):
+        for node in (model, model.get("net") if isinstance(model, DictConfig) else None):  # model.X or model.net.X
+            if isinstance(node, DictConfig) and node.get(key) is not None:
+                tags.append(f"{label}:{node.get(key)}")
     return {"name": name, "group": group, "tags": list(dict.fromkeys(t[:64] for t in tags))}
 
 

@@ -18,11 +18,12 @@ if $SMOKE; then
     GRID_GROUPS="${GEVIT_GROUPS:-z2,p4}"
     GRID_SEEDS="${SEEDS:-0,1}"
     SETTINGS+=("${SMOKE_DATA[@]}" data.train_size=96 data.val_size=32 data.test_size=32 data.batch_size=16
-               callbacks.rotation_robustness.max_samples=16 model.num_channels=8 model.num_heads=2 "model.block_sizes=[1,1]"
-               "model.crop_per_layer=[0,0]")
+               callbacks.rotation_robustness.max_samples=16 model.net.num_channels=8 model.net.num_heads=2
+               "model.net.block_sizes=[1,1]" "model.net.crop_per_layer=[0,0]")
 fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR" \
-    model.encoding=gevit,gsanet model.group="$GRID_GROUPS" model.patch_size="$GRID_PATCHES" seed="$GRID_SEEDS" "${ARGS[@]}"
-results_table "$SWEEP_DIR" --rows model.encoding model.group --columns model.patch_size \
+    model.net.encoding=gevit,gsanet model.net.group="$GRID_GROUPS" model.net.attention_window="$GRID_PATCHES" \
+    seed="$GRID_SEEDS" "${ARGS[@]}"
+results_table "$SWEEP_DIR" --rows model.net.encoding model.net.group --columns model.net.attention_window \
     --title "GE-ViT / GSA-Nets: accuracy (%) by group and neighbourhood"

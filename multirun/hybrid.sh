@@ -7,12 +7,12 @@
 source "$(dirname "$0")/lib.sh" "$@"
 use_experiment "${EXPERIMENT:-hybrid_rotmnist}"
 if $SMOKE; then
-    SETTINGS+=("model.stem_channels=[2,4]" model.stem_kernel_size=3 model.num_channels=8
-               model.num_heads=2 "model.block_sizes=[1]" model.patch_size=3 model.embed_dim=4)
+    SETTINGS+=("model.net.stem_channels=[2,4]" model.net.stem_kernel_size=3 model.net.num_channels=8
+               model.net.num_heads=2 "model.net.block_sizes=[1]" model.net.attention_window=3 model.net.embed_dim=4)
 fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR" \
-    model.group=p4,p4m model.stem=escnn,patch_embed seed="$GRID_SEEDS" "${ARGS[@]}"
-results_table "$SWEEP_DIR" --rows model.group model.stem --columns \
+    model.net.group=p4,p4m model.net.stem=escnn,patch_embed seed="$GRID_SEEDS" "${ARGS[@]}"
+results_table "$SWEEP_DIR" --rows model.net.group model.net.stem --columns \
     --metrics val/acc_best test/acc test/invariance_error_rot90 model/params train/images_per_s \
     --title "Hybrid ViT ($EXPERIMENT)"

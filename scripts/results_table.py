@@ -7,7 +7,7 @@
 Every job directory below the given folders that holds a ``metrics.json`` is one run. What a run *is*
 comes from its Hydra overrides (``.hydra/overrides.yaml``, paths and logging details left out): the
 overrides whose value differs between runs, except ``seed``, name the methods (rows) and the regimes
-(columns; by default ``model.regime`` or else ``model.patch_size`` when swept). Runs that differ only in
+(columns; by default ``model.regime`` or else ``model.net.attention_window`` when swept). Runs that differ only in
 their seed are repeats: each cell is ``mean ± std (n)`` over them (sample std; percentages for
 accuracies). A cell whose runs did not all complete says so: ``(2/3)``.
 
@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 from lightning_modules.utils import naming_overrides  # noqa: E402  (one definition of "what names a run")
 
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
-DEFAULT_COLUMN_KEYS = ("model.regime", "model.patch_size")
+DEFAULT_COLUMN_KEYS = ("model.regime", "model.net.attention_window")
 REPEAT_KEYS = {"seed"}
 
 
@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--rows", nargs="*", default=None, help="override keys that name the methods (default: "
                         "every swept key except seed and the column keys)")
     parser.add_argument("--columns", nargs="*", default=None, help="override keys of the column groups "
-                        "(default: model.regime, else model.patch_size, when swept; none: --columns)")
+                        "(default: model.regime, else model.net.attention_window, when swept; none: --columns)")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--digits", type=int, default=2)
     parser.add_argument("--title", default="")

@@ -18,33 +18,34 @@ TINY_VIT = [
     "model.net.embed_dim=16", "model.net.depth=1", "model.net.num_heads=2", "model.net.mlp_hidden_dim=32",
 ]
 
-
-# Per LightningModule: overrides that shrink its model to seconds-per-batch size for smoke runs.
-TINY_MODELS = {
-    "lightning_modules.ImageClassifier": TINY_VIT,
-    # Post-hoc experiments wrap a random tiny ViT instead of their stage-1 checkpoint (tests/test_posthoc.py
-    # runs both stages).
-    "lightning_modules.PostHocClassifier": ["model/backbone=vit"] + [o.replace("model.net.", "model.backbone.")
-                                                                     for o in TINY_VIT],
-    "lightning_modules.GroupTransformerClassifier": [
-        "model.num_channels=8", "model.num_heads=2", "model.block_sizes=[1,1]", "model.expansion_per_block=1",
-        "model.crop_per_layer=[0,0]", "model.patch_size=3",
+# Per network (model.net._target_): overrides that shrink it to seconds-per-batch size for smoke runs. Every
+# end-to-end model is overridden the same way (model.net.X); a network without an entry runs as configured.
+TINY_NETS = {
+    "gevit.models.VisionTransformer": TINY_VIT,
+    "gevit.models.EqCvT": TINY_VIT,  # the ViT, EqCvT and CvT share the size arguments
+    "gevit.models.CvT": TINY_VIT,
+    "gevit.models.GroupTransformer": [
+        "model.net.num_channels=8", "model.net.num_heads=2", "model.net.block_sizes=[1,1]",
+        "model.net.expansion_per_block=1", "model.net.crop_per_layer=[0,0]", "model.net.attention_window=3",
     ],
-    "lightning_modules.HybridClassifier": [
-        "model.stem_channels=[2,4]", "model.stem_kernel_size=3", "model.num_channels=8", "model.num_heads=2",
-        "model.block_sizes=[1]", "model.patch_size=3", "model.embed_dim=4",
+    "gevit.models.HybridViT": [
+        "model.net.stem_channels=[2,4]", "model.net.stem_kernel_size=3", "model.net.num_channels=8",
+        "model.net.num_heads=2", "model.net.block_sizes=[1]", "model.net.attention_window=3", "model.net.embed_dim=4",
     ],
 }
+# Post-hoc experiments wrap a random tiny ViT instead of their stage-1 checkpoint (tests/test_posthoc.py
+# runs both stages).
+TINY_POSTHOC = ["model/backbone=vit"] + [o.replace("model.net.", "model.backbone.") for o in TINY_VIT]
 
 
 def tiny_model_overrides(cfg: DictConfig) -> list[str]:
-    """The TINY_MODELS entry of the composed config's model (empty when unknown: the model runs as is)."""
-    target = cfg.model._target_
-    # the ViT, EqCvT and CvT share the size arguments (embed_dim, depth, num_heads, mlp_hidden_dim)
-    if target == "lightning_modules.ImageClassifier" and not cfg.model.net._target_.endswith(
-            ("VisionTransformer", "EqCvT", "CvT")):
-        return []
-    return list(TINY_MODELS.get(target, []))
+    """The overrides that shrink the composed config's model (empty when unknown: the model runs as is)."""
+    net = cfg.model.get("net")
+    if net is not None and "_target_" in net:
+        return list(TINY_NETS.get(net._target_, []))
+    if cfg.model._target_ == "lightning_modules.PostHocClassifier":
+        return list(TINY_POSTHOC)
+    return []
 
 
 def compose_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:

@@ -7,10 +7,10 @@ import torch
 
 import gevit
 from gevit.models.hybrid import HybridViT, SymmetricPatchEmbed, attention_pairs
-from lightning_modules import HybridClassifier
+from lightning_modules import ImageClassifier
 
 # Small GE-ViT part so the file stays fast; the stems and geometry are the experiments' ones.
-SMALL = dict(num_channels=8, num_heads=2, block_sizes=[2], patch_size=3)
+SMALL = dict(num_channels=8, num_heads=2, block_sizes=[2], attention_window=3)
 CASES = {  # name -> (group, image_size, channels, kwargs)
     "rotmnist-escnn": ("p4", 28, 1, dict(stem="escnn")),
     "rotmnist-patch": ("p4", 28, 1, dict(stem="patch_embed", embed_patch_size=4)),
@@ -91,10 +91,14 @@ def test_default_models_and_parameter_counts():
 
 @pytest.mark.parametrize("stem", ["escnn", "patch_embed"])
 def test_checkpoint_round_trip_across_modes(stem):
-    kwargs = dict(num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307], input_std=[0.3081],
-                  stem=stem, stem_channels=[2, 4], stem_kernel_size=3, **SMALL)
+    def classifier() -> ImageClassifier:
+        net = HybridViT(num_classes=10, in_channels=1, image_size=28, stem=stem, stem_channels=[2, 4],
+                        stem_kernel_size=3, **SMALL)
+        return ImageClassifier(net=net, num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307],
+                               input_std=[0.3081])
+
     torch.manual_seed(0)
-    source = HybridClassifier(**kwargs)
+    source = classifier()
     x = torch.rand(2, 1, 28, 28)
     source.train()
     source(x)  # move the BatchNorm statistics
@@ -107,7 +111,7 @@ def test_checkpoint_round_trip_across_modes(stem):
     for state in (eval_state, train_state):
         for mode in ("train", "eval"):
             torch.manual_seed(1)
-            target = HybridClassifier(**kwargs)
+            target = classifier()
             target.train(mode == "train")
             target.load_state_dict(state, strict=True)
             target.eval()

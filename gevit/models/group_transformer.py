@@ -12,21 +12,25 @@ choices are invariant, so with ``encoding="gevit"`` the logits are exactly invar
 90-degree rotations (and mirrors) contained in the group, provided every feature map keeps an even
 size before each max-pool (true for the official configurations).
 
-Use it from a notebook with ``gevit.create_model("gevit", group="p4", patch_size=5)`` (defaults are the
-official rotMNIST configuration: 44,428 parameters for p4 with 5x5 neighbourhoods).
+Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attention_window=5)`` or
+``gevit.create_model("gevit", group="p4", attention_window=5)`` (defaults are the official rotMNIST
+configuration: 44,428 parameters for p4 with 5x5 neighbourhoods). The official code calls the attention
+window ``patch_size``; here ``patch_size`` is only the ViT's patch embedding.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Sequence, Union
+from pathlib import Path
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from gevit.groups import get_group
-from gevit.layers.blocks import ChannelLinear, Crop, GroupTransformerBlock, make_activation, make_norm
-from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention, PositionMLP
+from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
+from gevit.layers.common import per_item
+from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention
 from gevit.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -35,21 +39,13 @@ SPATIAL_POOLINGS = ("sum", "mean", "max")
 GROUP_POOLINGS = ("max", "mean")
 
 
-def _per_item(values: Union[int, Sequence[int]], count: int, name: str) -> list[int]:
-    if isinstance(values, int):
-        return [values] * count
-    values = list(values)
-    if len(values) != count:
-        raise ValueError(f"{name} has {len(values)} entries, expected {count}")
-    return values
-
-
 class GroupTransformer(nn.Module):
     """Group self-attention network (see the module docstring).
 
     Args:
-        group: a name of :mod:`gevit.groups` (z2, p4, p8, p12, p16, mz2, p4m, p8m).
-        patch_size: odd neighbourhood size k of local attention, or ``None``/``0``/``"global"`` for global.
+        group: a name of :mod:`gevit.groups` (z2, p4, p8, p12, p16, mz2, p4m, p8m; aliases such as c4 too).
+        attention_window: odd side k of the k x k neighbourhood of local attention, or ``None``/``0``/
+            ``"global"`` for global attention.
         encoding: ``gevit`` (exactly equivariant) or ``gsanet`` (the GSA-Nets encoding).
         crop_per_layer: pixels cropped on each side after each transformer layer (int or one per layer).
         expansion_per_block: channel multiplier at the first layer of each block (int or one per block).
@@ -66,7 +62,7 @@ class GroupTransformer(nn.Module):
         block_sizes: Sequence[int] = (2, 3),
         expansion_per_block: Union[int, Sequence[int]] = 1,
         crop_per_layer: Union[int, Sequence[int]] = (2, 0, 2, 1, 1),
-        patch_size: Union[int, str, None] = 5,
+        attention_window: Union[int, str, None] = 5,
         encoding: str = "gevit",
         norm: str = "layer",
         activation: str = "swish",
@@ -86,19 +82,21 @@ class GroupTransformer(nn.Module):
         if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
             raise ValueError(f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
                              f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}")
-        if patch_size in (None, 0, "global"):
-            patch_size = None
+        if attention_window in (None, 0, "global"):
+            attention_window = None
+        elif not isinstance(attention_window, int) or attention_window < 3 or attention_window % 2 == 0:
+            raise ValueError(f"attention_window must be an odd int >= 3 or 'global', got {attention_window!r}")
         self.group = get_group(group)
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
         self.exactly_invariant = encoding == "gevit"
         num_layers = sum(block_sizes)
-        crops = _per_item(crop_per_layer, num_layers, "crop_per_layer")
-        expansions = [max(1, e) for e in _per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]
+        crops = per_item(crop_per_layer, num_layers, "crop_per_layer")
+        expansions = [max(1, e) for e in per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]
 
         self.input_dropout = nn.Dropout(input_dropout)
         self.lifting = LiftingSelfAttention(self.group, in_channels, num_channels // 2, num_channels, num_heads,
-                                            patch_size, image_size, attention_dropout, encoding)
+                                            attention_window, image_size, attention_dropout, encoding)
         self.lifting_norm = make_norm(norm, num_channels)
         self.lifting_act = make_activation(activation)
 
@@ -110,7 +108,7 @@ class GroupTransformer(nn.Module):
                 if size - 2 * crops[layer] < 1:
                     raise ValueError(f"crop_per_layer={crops} leaves no pixels of a {image_size}x{image_size} input")
                 layers.append(GroupTransformerBlock(
-                    self.group, channels, out_channels, num_heads, patch_size, size, crops[layer], norm,
+                    self.group, channels, out_channels, num_heads, attention_window, size, crops[layer], norm,
                     activation, attention_dropout, value_dropout, encoding))
                 if normalize_between_layers:
                     layers += [make_norm(norm, out_channels), make_activation(activation)]
@@ -177,6 +175,11 @@ class GroupTransformer(nn.Module):
             features, extras = self.forward_features(x, return_intermediates=True)
             return self.pool(self.head(features)), extras
         return self.pool(self.head(self.forward_features(x)))
+
+    def load_official_weights(self, path: Union[str, Path]) -> "GroupTransformer":
+        """Load weights saved by the official GE-ViT / GSA-Nets code (see :func:`load_official_weights`);
+        what ``model.init_from=FILE`` calls."""
+        return load_official_weights(self, path)
 
 
 @register_model("gevit")
