@@ -4,7 +4,6 @@ from datamodules.errors import DataFileError, HonestSplitError
 from datamodules.mnist import MNISTDataModule
 from datamodules.pcam import PCamDataModule
 from datamodules.rotmnist import RotMNISTDataModule
-from datamodules.rotmnist_10pct import RotMNIST10pctDataModule
 from datamodules.rotmnist_mini import RotMNISTMiniDataModule
 from datamodules.lensing import LensingDataModule
 
@@ -12,9 +11,9 @@ __all__ = [
     "BaseImageDataModule",
     "DataFileError",
     "HonestSplitError",
+    "LensingDataModule",
     "MNISTDataModule",
     "PCamDataModule",
-    "RotMNIST10pctDataModule",
     "RotMNISTDataModule",
     "RotMNISTMiniDataModule",
     "TensorImageDataset",

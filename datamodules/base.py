@@ -8,16 +8,18 @@ model's input normalisation.
 """
 from __future__ import annotations
 
-import math
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.errors import HonestSplitError
+from datamodules.errors import DataFileError, HonestSplitError
 
 AUGMENTATIONS = ("none", "rotation", "rot90", "rot90_flip")
+# The exact augmentations draw a random element of a gevit.groups group (p4: quarter turns; p4m: and mirrors).
+AUGMENTATION_GROUPS = {"rot90": "p4", "rot90_flip": "p4m"}
 
 
 class TensorImageDataset(Dataset):
@@ -47,23 +49,22 @@ def random_augmentation(name: str, seed: Optional[int] = None) -> Optional[Calla
     """A per-image training augmentation on ``(C, H, W)`` tensors in [0, 1].
 
     ``rotation``: uniform angle in [0, 360), bilinear, zero padding (the RotMNIST recipe);
-    ``rot90``: a uniformly random multiple of 90 degrees (exact); ``rot90_flip``: D4 (rot90 then an
-    optional horizontal mirror). Uses torch's global RNG, which Lightning seeds per worker.
+    ``rot90``: a uniformly random element of p4, a multiple of 90 degrees (exact); ``rot90_flip``: of p4m
+    (an optional horizontal mirror, then a quarter turn; :mod:`gevit.groups`). Uses torch's global RNG,
+    which Lightning seeds per worker.
     """
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}")
     if name == "none":
         return None
+    if name in AUGMENTATION_GROUPS:
+        from gevit.groups import get_group  # plain torch; datamodules still know no model
+
+        group = get_group(AUGMENTATION_GROUPS[name])
+        return lambda image: group.act_on_images(image, group.random_element())
 
     def augment(image: torch.Tensor) -> torch.Tensor:
-        if name == "rotation":
-            angle = float(torch.rand(()) * 360.0)
-            return rotate_chw(image, angle)
-        k = int(torch.randint(4, ()))
-        image = torch.rot90(image, k, dims=(-2, -1))
-        if name == "rot90_flip" and bool(torch.randint(2, ())):
-            image = torch.flip(image, dims=(-1,))
-        return image
+        return rotate_chw(image, float(torch.rand(()) * 360.0))
 
     return augment
 
@@ -156,6 +157,9 @@ class BaseImageDataModule(L.LightningDataModule):
                                  f"has {name}={expected!r}; remove the override")
         if augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
+        if data_dir and Path(data_dir).is_file():
+            raise DataFileError(data_dir, "is a file, not a folder",
+                                "Point data.data_dir at the folder that holds the data files")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -197,6 +201,17 @@ class BaseImageDataModule(L.LightningDataModule):
             )
         self.test_loader_calls += 1
         return self._loader(self.test_set, "test", False, self.eval_batch_size)
+
+    @classmethod
+    def write_fixture(cls, directory: str | Path) -> dict:
+        """Write a tiny copy of the data set, in its exact on-disk format, into ``directory`` and return the
+        constructor options (``data.<key>`` overrides) that make this module read it small and fast.
+
+        Every data module implements it (with the writers of :mod:`datamodules.fixtures`), so that the config
+        tests train each ``conf/data/*.yaml`` on real-format files without knowing the data set.
+        """
+        raise NotImplementedError(f"{cls.__name__} has no write_fixture: a data module writes its own tiny "
+                                  "real-format test data (see datamodules/fixtures.py) for the config tests")
 
     @property
     def train_transform(self) -> Optional[Callable]:

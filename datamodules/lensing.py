@@ -263,3 +263,12 @@ class LensingDataModule(BaseImageDataModule):
                                        self.train_transform if name == "train" else None)
                     for name, indices in zip(("train", "val", "test"), splits)]
         self.train_set, self.val_set, self.test_set = datasets
+
+    @classmethod
+    def write_fixture(cls, directory: str | Path) -> dict:
+        """Two class folders of 10 ring images each (.npy, PNG and JPEG); see
+        :meth:`BaseImageDataModule.write_fixture`."""
+        from datamodules.fixtures import write_lensing_folders
+
+        write_lensing_folders(Path(directory), per_class=10)
+        return {"data_dir": str(directory), "num_workers": 0}

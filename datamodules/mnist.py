@@ -136,3 +136,16 @@ class MNISTDataModule(BaseImageDataModule):
             images, labels = read_mnist_pair(*paths, fix=fix)
             test_images, test_labels = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
         self.test_set = TensorImageDataset(test_images, test_labels)
+
+    @classmethod
+    def write_fixture(cls, directory: str | Path) -> dict:
+        """40 training and 16 test digits as gzipped IDX files, and a RotMNIST fixture for the rotated test
+        set in ``directory/rotmnist``; see :meth:`BaseImageDataModule.write_fixture`."""
+        from datamodules.fixtures import mnist_digits, write_mnist_idx
+
+        directory = Path(directory)
+        images, labels = mnist_digits()
+        write_mnist_idx(directory, "train", images[:40], labels[:40])
+        write_mnist_idx(directory, "t10k", images[40:56], labels[40:56])
+        rotmnist = RotMNISTDataModule.write_fixture(directory / "rotmnist")
+        return {"data_dir": str(directory), "val_size": 10, "rotmnist_dir": rotmnist["data_dir"]}

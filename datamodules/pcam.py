@@ -219,3 +219,11 @@ class PCamDataModule(BaseImageDataModule):
         if key not in handle or not isinstance(handle[key], h5py.Dataset):
             raise DataFileError(path, f"has no dataset {key!r} (it holds: {sorted(handle.keys())})", self._fix(path))
         return handle[key]
+
+    @classmethod
+    def write_fixture(cls, directory: str | Path) -> dict:
+        """The six HDF5 files with 8 / 4 / 4 random patches; see :meth:`BaseImageDataModule.write_fixture`."""
+        from datamodules.fixtures import write_pcam
+
+        write_pcam(Path(directory), {"train": 8, "val": 4, "test": 4})
+        return {"data_dir": str(directory), "num_workers": 0}

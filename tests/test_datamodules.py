@@ -20,14 +20,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import OmegaConf
 
 import datamodules.rotmnist as rotmnist_module
-from datamodules import (DataFileError, HonestSplitError, MNISTDataModule, PCamDataModule, RotMNIST10pctDataModule,
-                         RotMNISTDataModule, RotMNISTMiniDataModule)
+from datamodules import (DataFileError, HonestSplitError, MNISTDataModule, PCamDataModule, RotMNISTDataModule,
+                         RotMNISTMiniDataModule)
 from datamodules.formats import download_url, md5sum, read_amat, read_idx
 from datamodules.pcam import pcam_file_name
 from datamodules.rotmnist import quantize_uint8
 from datamodules.rotmnist_mini import ASSET_DIR, IMAGES_MD5, LABELS_MD5
 from gevit.rotations import rotate
-from tests.data_fixtures import (amat_bytes, idx_bytes, mnist_digits, rotated_digits, write_mnist_idx, write_pcam,
+from datamodules.fixtures import (amat_bytes, idx_bytes, mnist_digits, rotated_digits, write_mnist_idx, write_pcam,
                                  write_rotmnist_amats, write_rotmnist_zip)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -321,12 +321,13 @@ def test_rotmnist_too_few_rows(rotmnist_zip):
     assert_names(error, RotMNISTDataModule.zip_name, "30 rows")
 
 
-# ---- RotMNIST 10 % ------------------------------------------------------------------------------------
+# ---- RotMNIST 10 % (conf/data/rotmnist_10pct.yaml: the RotMNIST module with train_fraction 0.1) ----------
 def test_rotmnist_10pct_is_stratified_and_seeded(rotmnist_full):
     directory, arrays = rotmnist_full
-    first = RotMNIST10pctDataModule(data_dir=str(directory), split_seed=0)
-    again = RotMNIST10pctDataModule(data_dir=str(directory), split_seed=0)
-    other = RotMNIST10pctDataModule(data_dir=str(directory), split_seed=1)
+    assert OmegaConf.load(CONF_DATA / "rotmnist_10pct.yaml").train_fraction == 0.1
+    first = RotMNISTDataModule(data_dir=str(directory), split_seed=0, train_fraction=0.1)
+    again = RotMNISTDataModule(data_dir=str(directory), split_seed=0, train_fraction=0.1)
+    other = RotMNISTDataModule(data_dir=str(directory), split_seed=1, train_fraction=0.1)
     for dm in (first, again, other):
         dm.setup()
     train_labels = torch.from_numpy(arrays["train_valid_labels"][:10000])
@@ -592,7 +593,7 @@ def every_module(tmp_path, monkeypatch, mnist_dir):
     return [
         RotMNISTMiniDataModule(train_size=60, val_size=20, test_size=20, **small),
         RotMNISTDataModule(data_dir=str(rot_dir), train_size=30, val_size=10, **small),
-        RotMNIST10pctDataModule(data_dir=str(rot_dir), train_size=30, val_size=10, **small),
+        RotMNISTDataModule(data_dir=str(rot_dir), train_size=30, val_size=10, train_fraction=0.1, **small),
         MNISTDataModule(data_dir=str(mnist_dir), val_size=10, rotmnist_dir=str(rot_dir), **small),
         PCamDataModule(data_dir=str(tmp_path / "pcam"), num_workers=0, **small),
     ]
@@ -654,7 +655,7 @@ def test_data_configs_list_every_constructor_option():
         options = set()
         # each class's own options, then (through **common) those of the classes it builds on
         for klass in cls.__mro__:
-            if klass is RotMNIST10pctDataModule or "__init__" not in vars(klass):
+            if "__init__" not in vars(klass):
                 continue
             parameters = inspect.signature(klass.__init__).parameters.values()
             options |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}

@@ -10,36 +10,9 @@ import torch
 from PIL import Image
 
 from datamodules import DataFileError, LensingDataModule
+from datamodules.fixtures import write_lensing_folders
 from datamodules.lensing import fit_to_size, read_lensing_image, stratified_split
 from tests.helpers import compose_config
-
-
-def lensing_image(seed: int, size: int) -> np.ndarray:
-    """A lensing-like float image in [0, 1]: a bright ring (Einstein ring) plus noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:size, :size] - (size - 1) / 2
-    ring = np.exp(-((np.hypot(x, y) - size / 4) ** 2) / 4.0)
-    return np.clip(0.8 * ring + 0.1 * rng.random((size, size)), 0.0, 1.0)
-
-
-def write_lensing_folders(root: Path, per_class: int = 10, classes=("no_sub", "sub")) -> Path:
-    """Class folders under ``root`` in the real layout, half ``.npy`` (float64, 2-D) and half 8-bit grey PNG.
-
-    Every third file of the last class is an RGB JPEG, to exercise the grey conversion. Returns ``root``.
-    """
-    for c, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = lensing_image(100 * c + i, 24 + 2 * (i % 3))
-            if i % 2 == 0:
-                np.save(folder / f"{name}_{i:03d}.npy", image)
-            elif c == len(classes) - 1 and i % 3 == 0:
-                rgb = np.repeat((image * 255).astype(np.uint8)[..., None], 3, axis=-1)
-                Image.fromarray(rgb, mode="RGB").save(folder / f"{name}_{i:03d}.jpg")
-            else:
-                Image.fromarray((image * 255).astype(np.uint8), mode="L").save(folder / f"{name}_{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
