@@ -109,7 +109,7 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
         angles = torch.rand(len(upright), generator=generator, dtype=torch.float64) * 360.0
         from gevit.rotations import rotate  # plain torch helper; datamodules still know no model
 
-        rotated = rotate(upright.float().div(255.0), angles.float(), interpolation="bilinear", padding="zeros")
+        rotated = rotate(upright.float().div(255.0), angles.float(), interpolation="bilinear", padding_mode="zeros")
         rotated = torch.from_numpy(quantize_uint8(rotated.numpy()))
         return upright, rotated, torch.from_numpy(labels)
 
@@ -124,3 +124,15 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
         self.train_set = TensorImageDataset(fit_images[train_idx], labels[train_idx], self.train_transform)
         self.val_set = TensorImageDataset(fit_images[val_idx], labels[val_idx])
         self.test_set = TensorImageDataset(rotated[test_idx], labels[test_idx])
+
+    @classmethod
+    def write_fixture(cls, directory: str | Path) -> dict:
+        """A copy of the two embedded IDX files (the only digits it accepts) and small splits; see
+        :meth:`BaseImageDataModule.write_fixture`."""
+        import shutil
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in (IMAGES_NAME, LABELS_NAME):
+            shutil.copyfile(ASSET_DIR / f"{name}.gz", directory / f"{name}.gz")
+        return {"data_dir": str(directory), "train_size": 32, "val_size": 16, "test_size": 16}

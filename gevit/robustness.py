@@ -40,7 +40,7 @@ class RotationRobustness:
 
     angles: Sequence[float] = field(default_factory=default_angles)
     interpolation: str = "bilinear"
-    padding: str = "zeros"
+    padding_mode: str = "zeros"      # F.grid_sample's fill of pixels rotated in from outside
 
     def __post_init__(self):
         # 0 is the reference of the invariance error; the quarter turns give the exact-invariance summary.
@@ -59,7 +59,7 @@ class RotationRobustness:
         ref_norm = reference.norm(dim=-1).clamp_min(1e-12)
         for i, angle in enumerate(self.angles):
             logits = reference if angle == 0.0 else model(
-                rotate(images, angle, interpolation=self.interpolation, padding=self.padding)).float()
+                rotate(images, angle, interpolation=self.interpolation, padding_mode=self.padding_mode)).float()
             self.correct[i] += (logits.argmax(-1) == targets).sum().item()
             self.error_sum[i] += ((logits - reference).norm(dim=-1) / ref_norm).sum().item()
         self.count += len(targets)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 Interpolation = Literal["bilinear", "nearest", "bicubic"]
-Padding = Literal["zeros", "border", "reflection"]
+PaddingMode = Literal["zeros", "border", "reflection"]  # F.grid_sample's padding_mode (how outside pixels are filled)
 
 
 def rotation_grid(batch: int, height: int, width: int, angle_deg: float | torch.Tensor,
@@ -33,11 +33,11 @@ def rotation_grid(batch: int, height: int, width: int, angle_deg: float | torch.
 
 
 def rotate(images: torch.Tensor, angle_deg: float | torch.Tensor, interpolation: Interpolation = "bilinear",
-           padding: Padding = "zeros") -> torch.Tensor:
+           padding_mode: PaddingMode = "zeros") -> torch.Tensor:
     """Rotate ``images`` (B, C, H, W) counter-clockwise by ``angle_deg`` degrees.
 
     Multiples of 90 degrees (scalar angle) use ``torch.rot90`` and are exact; other angles resample
-    with ``F.grid_sample`` (``align_corners=False``), filling outside pixels according to ``padding``.
+    with ``F.grid_sample`` (``align_corners=False``), filling outside pixels according to ``padding_mode`` (``F.grid_sample``'s name and values).
     A tensor of per-image angles (B,) always resamples.
     """
     if images.ndim != 4:
@@ -49,5 +49,5 @@ def rotate(images: torch.Tensor, angle_deg: float | torch.Tensor, interpolation:
     b, _, h, w = images.shape
     grid = rotation_grid(b, h, w, angle_deg, device=images.device,
                          dtype=images.dtype if images.is_floating_point() else torch.float32)
-    return F.grid_sample(images, grid.to(images.dtype), mode=interpolation, padding_mode=padding,
+    return F.grid_sample(images, grid.to(images.dtype), mode=interpolation, padding_mode=padding_mode,
                          align_corners=False)

@@ -35,12 +35,12 @@ class RotationRobustnessCallback(Callback):
 
     def __init__(self, output_dir: Optional[str] = None, angles: Optional[Sequence[float]] = None,
                  step_deg: float = 15.0, max_samples: Optional[int] = 2000, interpolation: str = "bilinear",
-                 padding: str = "zeros", enabled: bool = True):
+                 padding_mode: str = "zeros", enabled: bool = True):
         self.output_dir = Path(output_dir) if output_dir else None
         self.requested_angles = [float(a) for a in angles] if angles is not None else default_angles(step_deg)
         self.max_samples = max_samples
         self.enabled = enabled
-        self.meter = RotationRobustness(self.requested_angles, interpolation=interpolation, padding=padding)
+        self.meter = RotationRobustness(self.requested_angles, interpolation=interpolation, padding_mode=padding_mode)
         self.results: Optional[dict] = None
         self._seen = 0
 
