@@ -116,3 +116,15 @@ def test_checkpoint_round_trip_across_modes(stem):
             target.load_state_dict(state, strict=True)
             target.eval()
             torch.testing.assert_close(target(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_patch_stem_loads_state_dicts_of_its_earlier_layer_norm():
+    """The patch stem's LayerNorm is the shared gevit.layers.ChannelLayerNorm; state dicts saved when the
+    hybrid had its own copy (keys stem_norm.norm.*) still load."""
+    torch.manual_seed(0)
+    source = HybridViT(stem="patch_embed", **SMALL)
+    old_state = {key.replace("stem_norm.", "stem_norm.norm."): value for key, value in source.state_dict().items()}
+    target = HybridViT(stem="patch_embed", **SMALL)
+    target.load_state_dict(old_state, strict=True)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(target.eval()(x), source.eval()(x))
