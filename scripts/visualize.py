@@ -169,9 +169,10 @@ def draw_view_weights(session: Session) -> bool:
 
 
 def _runs_of_checkpoints(session: Session) -> dict[str, str]:
-    """The run directories the given checkpoints came from (those with rotation results)."""
+    """The run directories the given checkpoints came from (those with rotation results), labelled by the
+    models already loaded (see :func:`scripts.figures.robustness.run_label`)."""
     runs = {}
-    for _, path in session.checkpoint_paths():
+    for label, path in session.checkpoint_paths():
         folder = Path(path).resolve().parent
         if folder.name != "checkpoints":
             continue
@@ -179,7 +180,7 @@ def _runs_of_checkpoints(session: Session) -> dict[str, str]:
             read_robustness_curve(folder.parent)
         except FileNotFoundError:
             continue
-        runs.setdefault(run_label(folder.parent), str(folder.parent))
+        runs.setdefault(f"{folder.parent.name}: {session.model(path, label).description()}", str(folder.parent))
     return runs
 
 

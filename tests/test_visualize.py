@@ -257,7 +257,7 @@ def test_cli_all_writes_every_figure(runs, tmp_path):
     cmd = [sys.executable, "scripts/visualize.py", "all", "--vit-ckpt", str(last_ckpt(runs["vit"])),
            "--gevit-ckpt", str(last_ckpt(runs["gevit"])), "--posthoc-ckpt", str(last_ckpt(runs["lambda"])),
            "--angle-step", "60", "--num-images", "8", "--image-index", "1", "--out", str(out), "--wandb"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("rotation_confidence", "gevit_latents", "gevit_latents_group_deviation", "gevit_attention",
                  "vit_attention",
