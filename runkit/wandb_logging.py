@@ -11,17 +11,6 @@ log = logging.getLogger(__name__)
 PROJECT = "gevit"
 
 
-def credentials_found() -> bool:
-    """Whether W&B credentials are configured (``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in ``~/.netrc``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
-
-
 def scalars(tree: dict, prefix: str = "") -> dict:
     """Flatten the numbers (not lists) of a nested dict into ``a/b/c`` keys."""
     flat = {}
@@ -43,7 +32,11 @@ def log_files(files: Iterable[Path], summary: dict, out_dir: Path, job_type: str
     try:
         import wandb
 
-        mode = None if os.environ.get("WANDB_MODE") else ("online" if credentials_found() else "offline")
+        mode = None
+        if not os.environ.get("WANDB_MODE"):  # wandb reads WANDB_MODE itself
+            from lightning_modules.utils import wandb_should_be_offline  # the one credentials check
+
+            mode = "offline" if wandb_should_be_offline() else "online"
         run = wandb.init(project=PROJECT, job_type=job_type, dir=str(out_dir), config=config or {}, mode=mode)
         payload = {}
         for file in map(Path, files):
