@@ -1,68 +1,228 @@
-"""A LightningModule around :class:`gevit.posthoc.PostHocInvariant`, trained (or not) under a regime."""
+"""A LightningModule around :class:`gevit.posthoc.PostHocInvariant`, trained (or not) under a regime; the
+network of a ``train.py`` checkpoint as a backbone; and the catalogue of post-hoc methods read from
+``conf/model/aggregator/`` (``python -m lightning_modules.posthoc aggregators --learned``)."""
 from __future__ import annotations
 
+import argparse
 import logging
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
+from torchmetrics import MeanMetric
 
-from gevit.posthoc import PostHocInvariant, build_aggregator, build_backbone
-from gevit.posthoc.backbones import RANDOM_INIT
+from gevit.posthoc import PostHocInvariant, adapt, check_backbone
+from gevit.posthoc.aggregators import Aggregator
+from gevit.posthoc.backbones import RANDOM_INIT, Backbone, net_state_dict, read_framework_checkpoint
 from lightning_modules.base import BaseClassifierModule
 
 log = logging.getLogger(__name__)
 
+AGGREGATOR_CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "aggregator"
+# Arguments that fetch *initial* weights: a checkpoint already holds the trained ones.
+_INITIAL_WEIGHT_ARGS = {"pretrained": False, "weights": None}
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+
+def _count(modules: Iterable[nn.Module]) -> int:
+    """Parameters of ``modules``, each counted once."""
+    return sum({id(p): p.numel() for m in modules for p in m.parameters()}.values())
+
+
+# ---- backbones -----------------------------------------------------------------------------------------
+def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
+    """Rebuild the network of a ``train.py`` checkpoint from its stored ``gevit_model_config['net']`` (with
+    ``hydra.utils.instantiate``) and load its weights. Arguments that would fetch initial weights
+    (``pretrained``, ``weights``) are disabled."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    checkpoint = read_framework_checkpoint(ckpt_path)
+    config = checkpoint.get("gevit_model_config") or {}
+    if not isinstance(config.get("net"), dict) or "_target_" not in config["net"]:
+        raise ValueError(f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "
+                         "it was not written by a train.py run of a single network (model=vit or similar)")
+    net_config = dict(config["net"])
+    net_config.update({k: v for k, v in _INITIAL_WEIGHT_ARGS.items() if k in net_config})
+    model = hydra.utils.instantiate(OmegaConf.create(net_config), _convert_="all")
+    model.load_state_dict(net_state_dict(checkpoint))
+    return model
+
+
+def checkpoint_backbone(num_classes: int, in_channels: int, image_size: int,
+                        ckpt_path: Optional[str] = None) -> Backbone:
+    """Architecture and weights of the network in a ``train.py`` checkpoint (:func:`network_from_checkpoint`)."""
+    if not ckpt_path:
+        raise ValueError("model/backbone=checkpoint needs model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt")
+    return adapt(network_from_checkpoint(ckpt_path), in_channels, image_size, str(ckpt_path))
+
+
+# ---- the method catalogue: conf/model/aggregator/ ----------------------------------------------------------
+def aggregator_config(name: str, conf_dir: Path = AGGREGATOR_CONF):
+    """The yaml ``conf_dir/name.yaml`` as an OmegaConf node, merged over the folder's yamls it names in
+    ``defaults`` (a variant such as ``canonicalization_prior``), without its ``defaults`` list."""
+    from omegaconf import OmegaConf
+
+    path = Path(conf_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no post-hoc method {name!r}: {path} does not exist")
+    node = OmegaConf.load(path)
+    bases = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.merge(*(aggregator_config(b, conf_dir) for b in bases), node)
+
+
+def aggregator_catalog(conf_dir: Path = AGGREGATOR_CONF) -> dict[str, type]:
+    """``{config name: aggregator class}`` for every yaml in ``conf_dir``, in name order. The class
+    attributes (``learned``, ``level``, ``summary`` ...) say what each method is."""
+    from hydra.utils import get_class
+
+    catalog = {}
+    for path in sorted(Path(conf_dir).glob("*.yaml")):
+        target = aggregator_config(path.stem, conf_dir).get("_target_")
+        if not target:
+            raise ValueError(f"{path} has no _target_ (every post-hoc method is a class built by Hydra)")
+        cls = get_class(target)
+        if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+            raise TypeError(f"{path}: {target} is not a gevit.posthoc Aggregator")
+        catalog[path.stem] = cls
+    return catalog
+
+
+TABLE_COLUMNS = ("aggregated", "weights", "normalisation", "estimator", "difference")
+
+
+def methods_table_rows(conf_dir: Path = AGGREGATOR_CONF) -> dict[str, str]:
+    """One markdown row per method of ``conf_dir``, from its class attributes (docs/posthoc.md's table)."""
+    catalog = aggregator_catalog(conf_dir)
+    from omegaconf import OmegaConf
+
+    rows = {}
+    for name, cls in catalog.items():
+        own = OmegaConf.load(Path(conf_dir) / f"{name}.yaml")
+        bases = [d for d in own.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        if bases:  # a yaml variant of another method: say what it changes
+            changes = ", ".join(f"{k}={v}" for k, v in own.items() if k != "defaults")
+            cells = [f"`{name}`", cls.level, "yes" if cls.learned else "–", f"as `{bases[0]}`, with {changes}",
+                     "", "", "", ""]
+        else:
+            cells = [f"`{name}`", cls.level, "yes" if cls.learned else "–",
+                     *(cls.summary.get(column, "?") for column in TABLE_COLUMNS)]
+        rows[name] = "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return rows
+
+
+def methods_table(conf_dir: Path = AGGREGATOR_CONF) -> str:
+    header = ("| method (`model/aggregator=`) | level | learned | what is aggregated | weights | normalisation | "
+              "estimator | difference from the original, and why |\n" + "|---" * 8 + "|")
+    return "\n".join([header, *methods_table_rows(conf_dir).values()])
+
+
+def _main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lightning_modules.posthoc",
+                                     description="The post-hoc methods of conf/model/aggregator/: their names "
+                                                 "(for the sweeps) or docs/posthoc.md's methods table.")
+    parser.add_argument("what", choices=["aggregators", "methods-table"])
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--learned", action="store_true", help="only methods with parameters to train")
+    kind.add_argument("--fixed", action="store_true", help="only parameter-free methods")
+    parser.add_argument("--conf-dir", type=Path, default=AGGREGATOR_CONF)
+    args = parser.parse_args(argv)
+    if args.what == "methods-table":
+        print(methods_table(args.conf_dir))
+        return
+    catalog = aggregator_catalog(args.conf_dir)
+    names = [name for name, cls in catalog.items()
+             if not (args.learned and not cls.learned) and not (args.fixed and cls.learned)]
+    print(",".join(names))
+
+
+# ---- the LightningModule --------------------------------------------------------------------------------
+def _aggregator_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory holding exactly one ``checkpoints/best-*.ckpt``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted((path / "checkpoints").glob("best-*.ckpt"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"model.init_aggregator_from={path} is a directory, but it has "
+                                    f"{len(found)} checkpoints/best-*.ckpt (expected exactly one); pass the file")
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_aggregator_from={path} does not exist (a run directory or its "
+                                "checkpoints/best-....ckpt)")
+    return path
 
 
 class PostHocClassifier(BaseClassifierModule):
     """A backbone classifier made invariant to ``group`` by aggregating its outputs over the |G| views of
-    each image (one backbone call on B·|G| images), trained under ``regime``.
+    each image (one backbone call on B·|G| images), or by canonicalizing each image once, trained under
+    ``regime``.
 
     ``forward(images (B, C, H, W) in [0, 1]) -> logits (B, num_classes)``. The group acts on the images as
     they come from the data module (background 0): the views are made after normalisation with the
     background set to the normalised value of 0, which is the same as transforming the raw images.
 
     Args:
-        backbone: ``{"source": vit|peer_vit|timm|resnet|checkpoint, ...options}`` for
-            :func:`gevit.posthoc.build_backbone` (``ckpt_path`` = the trained backbone).
-        aggregator: ``{"name": mean|max|sum|lambda|transformer|equiattention|mean_probs|most_probable|
-            most_certain|equizero, ...options}`` for :func:`gevit.posthoc.build_aggregator`.
+        backbone: a :class:`gevit.posthoc.Backbone`, or a partial (a ``conf/model/backbone/`` yaml with
+            ``_partial_: true``) called with ``num_classes``, ``in_channels``, ``image_size``.
+        aggregator: an :class:`gevit.posthoc.Aggregator` or a partial (a ``conf/model/aggregator/`` yaml),
+            completed with the backbone's and the group's facts.
         group: ``c4``, ``flip``, ``d4``, ``c8``, ``c16`` (any name of :mod:`gevit.groups`).
-        regime: ``zero_shot`` (nothing trained), ``aggregator_only``, ``mlp`` (head + aggregator) or ``full``.
-            Frozen parameters have ``requires_grad=False`` and frozen submodules stay in eval mode
-            (dropout off, BatchNorm running statistics) whenever the module is put in training mode.
+        regime: ``zero_shot`` (nothing trained), ``aggregator_only``, ``mlp`` (classification head +
+            aggregator), ``backbone_only`` (backbone, aggregator frozen) or ``full``. Frozen parameters have
+            ``requires_grad=False`` and frozen submodules stay in eval mode (dropout off, BatchNorm running
+            statistics) whenever the module is put in training mode.
         interpolation, padding: how non-multiples of 90 degrees are resampled; ``zeros`` or ``circular_mask``.
+        spatial_pooling: the read-out after spatial aggregators (:class:`gevit.posthoc.PostHocInvariant`).
+        init_aggregator_from: a checkpoint (or run directory) of an earlier post-hoc run whose aggregator
+            weights this one starts from (write-up 003's two phases: ``aggregator_only``, then ``full`` or
+            ``backbone_only``).
         **kwargs: :class:`BaseClassifierModule`'s arguments (classes, image shape, normalisation, optimiser).
     """
 
-    def __init__(self, backbone: dict, aggregator: dict, group: str = "c4", regime: str = "zero_shot",
-                 interpolation: str = "bilinear", padding: str = "zeros", **kwargs):
+    def __init__(self, backbone: Union[Backbone, Callable[..., Backbone]],
+                 aggregator: Union[Aggregator, Callable[..., Aggregator]], group: str = "c4",
+                 regime: str = "zero_shot", interpolation: str = "bilinear", padding: str = "zeros",
+                 spatial_pooling: str = "auto", init_aggregator_from: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        backbone_options, aggregator_options = dict(backbone), dict(aggregator)
-        source = backbone_options.pop("source")
-        net_backbone = build_backbone(source, num_classes=self.num_classes, in_channels=self.in_channels,
-                                      image_size=self.image_size, **backbone_options)
-        net_aggregator = build_aggregator(aggregator_options.pop("name"), net_backbone.embed_dim,
-                                          net_backbone.spatial_features, **aggregator_options)
+        if not isinstance(backbone, nn.Module):
+            backbone = backbone(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
+        net_backbone = check_backbone(backbone, self.num_classes, self.in_channels, self.image_size)
         background = (-self.input_mean / self.input_std).flatten()
-        self.net = PostHocInvariant(net_backbone, group, net_aggregator, interpolation=interpolation,
-                                    padding=padding, background=background)
+        self.net = PostHocInvariant(net_backbone, group, aggregator, interpolation=interpolation, padding=padding,
+                                    background=background, spatial_pooling=spatial_pooling)
+        if init_aggregator_from:
+            self.load_aggregator(init_aggregator_from)
         self.regime = regime
         trainable = self.net.trainable_modules(regime)
         self.net.requires_grad_(False)
         for module in trainable:
             module.requires_grad_(True)
         self.train(self.training)
-        if net_backbone.weights_source == RANDOM_INIT and regime != "full":
-            log.warning("the %s backbone has RANDOM weights (model.backbone.ckpt_path is not set): regime=%s does "
-                        "not train it, so results mean nothing beyond a smoke test", source, regime)
-        log.info("post-hoc %s over %s (|G|=%d), regime %s, backbone weights: %s; parameters %s", net_aggregator.name,
+        self.canonicalizes = self.net.aggregator.level == "input"
+        if self.canonicalizes:  # the canonicalizer's accuracy on known rotations
+            self.val_canon_acc, self.test_canon_acc = MeanMetric(), MeanMetric()
+        if net_backbone.weights_source == RANDOM_INIT and regime not in ("full", "backbone_only"):
+            log.warning("the backbone has RANDOM weights (model.backbone.ckpt_path is not set): regime=%s does "
+                        "not train it, so results mean nothing beyond a smoke test", regime)
+        log.info("post-hoc %s over %s (|G|=%d), regime %s, backbone weights: %s; parameters %s", self.net.aggregator.name,
                  self.net.group.name, self.net.group.order, regime, net_backbone.weights_source,
                  self.parameter_counts())
+
+    def load_aggregator(self, path: str | Path) -> None:
+        """Load the aggregator weights (``net.aggregator.*``) of an earlier post-hoc checkpoint, strictly."""
+        ckpt = _aggregator_checkpoint(path)
+        prefix = "aggregator."
+        state = {k[len(prefix):]: v for k, v in net_state_dict(read_framework_checkpoint(ckpt)).items()
+                 if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{ckpt} holds no aggregator weights (net.aggregator.*): is it a post-hoc run with a "
+                             "learned aggregator?")
+        try:
+            self.net.aggregator.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"the aggregator in {ckpt} does not match model/aggregator={self.net.aggregator.name} "
+                             f"with these options:\n{err}") from err
+        log.info("aggregator initialised from %s", ckpt)
 
     def compute_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -87,10 +247,47 @@ class PostHocClassifier(BaseClassifierModule):
                 module.train()
         return self
 
+    # ---- canonicalization: prior loss and accuracy on known rotations ------------------------------------
+    def training_step(self, batch, batch_idx: int):
+        loss = super().training_step(batch, batch_idx)
+        aggregator = self.net.aggregator
+        if self.canonicalizes and aggregator.prior_weight > 0 and aggregator.training:
+            prior = aggregator.prior_loss(self.net.orientation_logits(self.normalize(batch[0])))
+            self.log("train/canon_prior", prior.detach(), on_step=False, on_epoch=True)
+            loss = loss + prior
+        return loss
+
+    @torch.no_grad()
+    def canonicalizer_accuracy(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """Fraction of images whose copy transformed by a random known element g is assigned orientation g
+        (for upright images: the canonicalizer's accuracy)."""
+        normalized = self.normalize(images)
+        generator = torch.Generator().manual_seed(seed)
+        known = torch.randint(0, self.net.group.order, (len(images),), generator=generator).to(images.device)
+        transformed = self.net.views(normalized)[torch.arange(len(images), device=images.device), known]
+        return (self.net.orientation_logits(transformed).argmax(-1) == known).float().mean()
+
+    def validation_step(self, batch, batch_idx: int):
+        super().validation_step(batch, batch_idx)
+        if self.canonicalizes:
+            self.val_canon_acc(self.canonicalizer_accuracy(batch[0], seed=batch_idx), weight=len(batch[0]))
+            self.log("val/canon_acc", self.val_canon_acc, on_step=False, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int):
+        out = super().test_step(batch, batch_idx)
+        if self.canonicalizes:
+            self.test_canon_acc(self.canonicalizer_accuracy(batch[0], seed=batch_idx), weight=len(batch[0]))
+            self.log("test/canon_acc", self.test_canon_acc, on_step=False, on_epoch=True)
+        return out
+
     def parameter_counts(self) -> dict:
         """The base counts (total / trainable / frozen) and the size of each part."""
-        head = _count(self.net.backbone.head)
+        head = _count(self.net.backbone.head_modules)
         return {**super().parameter_counts(),
-                "model/params_backbone": _count(self.net.backbone) - head,
+                "model/params_backbone": _count([self.net.backbone]) - head,
                 "model/params_head": head,
-                "model/params_aggregator": _count(self.net.aggregator)}
+                "model/params_aggregator": _count([self.net.aggregator])}
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The grid of one post-hoc results table, sourced by the multirun/posthoc_<table>.sh scripts, which set
 #   EXPERIMENT (stage 2), VIEW_GROUPS, REGIMES, SMOKE_STAGE1 and SMOKE_EXPERIMENT (the miniature versions).
+# The methods are the yamls of conf/model/aggregator/ (a new yaml is swept without editing this file), split by
+# their class's `learned` attribute; POSTHOC_FIXED / POSTHOC_LEARNED (comma lists) choose a subset instead.
 # A part of the grid: VIEW_GROUPS=c4 REGIMES=zero_shot POSTHOC_FIXED=mean POSTHOC_LEARNED=lambda SEEDS=0.
 # Three Hydra multiruns of train.py into one folder, then its table (rows: aggregator x group, columns: regime):
 #   1. the plain backbone (the trivial group c1: one view, so the backbone itself), zero_shot;
@@ -11,8 +13,8 @@
 # `smoke` (first argument): train a tiny stage-1 backbone for one epoch on the embedded digits, then run
 # the same grid on it in miniature (CPU, minutes). Further arguments go to every Hydra call.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
-FIXED="${POSTHOC_FIXED:-mean,max,sum,mean_probs,most_probable,most_certain,equizero}"
-LEARNED="${POSTHOC_LEARNED:-lambda,transformer,equiattention}"
+FIXED="${POSTHOC_FIXED:-$("$PY" -m lightning_modules.posthoc aggregators --fixed)}"
+LEARNED="${POSTHOC_LEARNED:-$("$PY" -m lightning_modules.posthoc aggregators --learned)}"
 STAGE2="experiment=$EXPERIMENT"
 TASK="$EXPERIMENT"
 GRID_SEEDS="${SEEDS:-0,1,2}"

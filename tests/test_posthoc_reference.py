@@ -11,6 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import functools
+
+from gevit.posthoc import FaithfulTransformerAggregator, peer_vit_backbone
 from gevit.posthoc.aggregators import MeanAggregator, MeanProbsAggregator
 from gevit.rotations import rotate
 from lightning_modules import PostHocClassifier
@@ -29,7 +32,8 @@ BATCH = 250
 
 def classifier(shared_data, group: str, aggregator: str) -> PostHocClassifier:
     path = shared_data / "checkpoints" / "peer_vit_upright_mnist.pt"
-    return PostHocClassifier(backbone={"source": "peer_vit", "ckpt_path": str(path)}, aggregator={"name": aggregator},
+    aggregator_class = {"mean": MeanAggregator, "mean_probs": MeanProbsAggregator}[aggregator]
+    return PostHocClassifier(backbone=functools.partial(peer_vit_backbone, ckpt_path=str(path)), aggregator=aggregator_class,
                              group=group, regime="zero_shot", num_classes=10, in_channels=1, image_size=28,
                              input_mean=(0.1307,), input_std=(0.3081,)).eval()
 
@@ -78,3 +82,51 @@ def test_wrapping_the_peer_vit_reproduces_the_reference_table(shared_data):
     for name, row in REFERENCE.items():
         for column, expected in row.items():
             assert measured[name][column] == pytest.approx(expected, abs=1.0), (name, column, measured[name][column])
+
+
+def original_learned_aggregation(tokens: torch.Tensor, cls_token: torch.Tensor, blocks: list[dict]) -> torch.Tensor:
+    """The original LearnedAggregation (GEVit-DL2-Project ``sub_models.Transformer``) written out as
+    formulas, sequence-first like the original: per block ``x = x + MHA1(LN1 x); x = ReLU(LN2 x);
+    x = x + MHA2(x)``; the output is the class token's row."""
+    def layer_norm(x, w, b):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)
+
+    def attention(x, p, heads):
+        t, b, d = x.shape
+        q, k, v = (x @ p["in_proj_weight"].T + p["in_proj_bias"]).chunk(3, dim=-1)
+        split = lambda z: z.reshape(t, b * heads, d // heads).transpose(0, 1)  # noqa: E731
+        weights = (split(q) @ split(k).transpose(1, 2) / (d // heads) ** 0.5).softmax(-1)
+        out = (weights @ split(v)).transpose(0, 1).reshape(t, b, d)
+        return out @ p["out_proj.weight"].T + p["out_proj.bias"]
+
+    x = torch.cat([cls_token.repeat(tokens.shape[0], 1, 1), tokens], dim=1).transpose(0, 1)
+    for p in blocks:
+        x = x + attention(layer_norm(x, p["norm1.weight"], p["norm1.bias"]), p["attn1"], p["heads"])
+        x = torch.relu(layer_norm(x, p["norm2.weight"], p["norm2.bias"]))
+        x = x + attention(x, p["attn2"], p["heads"])
+    return x[0]
+
+
+def test_faithful_transformer_matches_the_original_learned_aggregation():
+    """Same weights, float64: the faithful aggregator computes the original's formulas to 1e-12."""
+    torch.manual_seed(0)
+    module = FaithfulTransformerAggregator(embed_dim=16, depth=2, num_heads=4).double().eval()
+    for p in module.parameters():
+        p.data.normal_(0, 0.3)
+    state = module.state_dict()
+    blocks = []
+    for i in range(2):
+        entry = {"heads": 4}
+        for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
+            entry[name] = state[f"blocks.{i}.{name}"]
+        for attn in ("attn1", "attn2"):
+            entry[attn] = {k: state[f"blocks.{i}.{attn}.{k}"] for k in
+                           ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")}
+        blocks.append(entry)
+    tokens = torch.randn(3, 8, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ours = module(tokens)
+        reference = original_learned_aggregation(tokens, state["cls_token"], blocks)
+        permuted = module(tokens[:, torch.randperm(8)])
+    assert (ours - reference).abs().max() < 1e-12
+    assert (permuted - ours).abs().max() < 1e-12  # no positional encoding: invariant to the view order

@@ -1,22 +1,24 @@
 """Post-hoc invariance: wrap any trained classifier so that its prediction is invariant to a group of input
 transformations (plain torch; the Lightning side is ``lightning_modules.PostHocClassifier``).
 
-    from gevit.posthoc import PostHocInvariant, build_backbone
-    backbone = build_backbone("checkpoint", num_classes=10, in_channels=1, image_size=28,
-                              ckpt_path="logs/.../checkpoints/best.ckpt")
-    model = PostHocInvariant(backbone, "c4", "mean").eval()
+    from gevit.posthoc import MeanAggregator, PostHocInvariant, vit_backbone
+    backbone = vit_backbone(num_classes=10, in_channels=1, image_size=28, ckpt_path="RUN/checkpoints/best.ckpt")
+    model = PostHocInvariant(backbone, "c4", MeanAggregator()).eval()
     logits = model(images)                                  # (B, 1, 28, 28) -> (B, 10)
 """
-from gevit.posthoc.aggregators import Aggregator, build_aggregator, list_aggregators, register_aggregator
-from gevit.posthoc.backbones import (BACKBONE_SOURCES, Backbone, TimmStyleBackbone, TorchvisionResNetBackbone,
-                                     adapt, build_backbone, instantiate_config, network_from_checkpoint,
-                                     torchvision_resnet)
+from gevit.posthoc.aggregators import *  # noqa: F401,F403
+from gevit.posthoc.aggregators import __all__ as _aggregators
+from gevit.posthoc.backbones import (Backbone, TimmStyleBackbone, TorchvisionResNetBackbone, adapt, check_backbone,
+                                     peer_vit_backbone, resnet_backbone, timm_backbone, torchvision_resnet,
+                                     vit_backbone)
+from gevit.posthoc.canonicalization import LearnedCanonicalization, OrientationNet
 from gevit.posthoc.views import PADDINGS, GroupViews, disk_mask
-from gevit.posthoc.wrapper import REGIMES, PostHocInvariant
+from gevit.posthoc.wrapper import REGIMES, SPATIAL_POOLINGS, PostHocInvariant
 
 __all__ = [
-    "Aggregator", "build_aggregator", "list_aggregators", "register_aggregator",
-    "BACKBONE_SOURCES", "Backbone", "TimmStyleBackbone", "TorchvisionResNetBackbone", "adapt", "build_backbone",
-    "instantiate_config", "network_from_checkpoint", "torchvision_resnet",
-    "PADDINGS", "GroupViews", "disk_mask", "REGIMES", "PostHocInvariant",
+    *_aggregators,
+    "Backbone", "TimmStyleBackbone", "TorchvisionResNetBackbone", "adapt", "check_backbone", "peer_vit_backbone",
+    "resnet_backbone", "timm_backbone", "torchvision_resnet", "vit_backbone",
+    "LearnedCanonicalization", "OrientationNet",
+    "PADDINGS", "GroupViews", "disk_mask", "REGIMES", "SPATIAL_POOLINGS", "PostHocInvariant",
 ]

@@ -1,4 +1,4 @@
-"""Backbones for the post-hoc wrappers: one adapter contract, and builders for every weight source.
+"""Backbones for the post-hoc wrappers: one adapter contract, and one builder per weight source.
 
 The contract (:class:`Backbone`) that every backbone satisfies:
 
@@ -6,23 +6,26 @@ The contract (:class:`Backbone`) that every backbone satisfies:
   map (N, C', h, w) for a CNN;
 - ``forward_head(features, pre_logits=True)`` -> the embedding before the classifier (N, D), i.e. the
   pooling / class-token read-out; with ``pre_logits=False`` also the classifier -> logits (N, K);
-- ``head``: the classifier (N, D) -> (N, K), the part that the ``mlp`` regime trains;
-- ``embed_dim`` (D), ``spatial_features`` (True when ``forward_features`` gives an NCHW map on which the
-  group acts by rotating / flipping its spatial axes), ``weights_source`` (where the weights came from).
+- ``head``: the classifier (N, D) -> (N, K); ``head_modules``: the whole classification head, what the
+  ``mlp`` regime trains (the final norm and the classifier of a ViT);
+- ``embed_dim`` (D), ``in_channels``, ``spatial_features`` (True when ``forward_features`` gives an NCHW map
+  on which the group acts by rotating / flipping its spatial axes), ``invariant_pooling`` (True only
+  where the map -> embedding read-out is known to be invariant to rot90 / flips of the map: global
+  average / max pooling; False for attention pooling with a positional embedding, flattening, ...),
+  ``weights_source`` (where the weights came from).
 
-Sources (:func:`build_backbone`): ``vit`` (this project's ViT), ``peer_vit`` (the post-hoc experiments'
-original ViT checkpoint), ``timm`` (any timm model), ``resnet`` (torchvision's ResNets, ResNet-50 by
-default) and ``checkpoint`` (any
-network trained by this framework; its architecture is rebuilt from the checkpoint, without Hydra).
-``ckpt_path`` always names the trained backbone's weights: a checkpoint of an earlier run of this
-framework, or for ``peer_vit`` the peer state_dict. ``weights`` names initial pretrained weights
-(a local file, never downloaded unless asked for).
+Builders (each the ``_target_`` of a ``conf/model/backbone/`` yaml, with ``_partial_: true``: the data's
+``num_classes``, ``in_channels`` and ``image_size`` are passed when the wrapper is built):
+:func:`vit_backbone` (this project's ViT), :func:`peer_vit_backbone` (the post-hoc experiments' original
+ViT checkpoint), :func:`timm_backbone` (any timm model), :func:`resnet_backbone` (torchvision's ResNets);
+the network of a ``train.py`` checkpoint is ``lightning_modules.posthoc.checkpoint_backbone`` (it needs
+Hydra to rebuild the stored config). ``ckpt_path`` always names the trained backbone's weights; ``weights``
+names initial pretrained weights (a local file, never downloaded unless asked for).
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -34,16 +37,28 @@ RANDOM_INIT = "random initialisation"
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
+# Readouts whose output does not change when the spatial map is rotated by 90 degrees or flipped.
+_INVARIANT_POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
+# Names of a timm model's final norms, part of its classification head (the ``mlp`` regime trains them).
+_HEAD_NORMS = ("norm", "fc_norm", "head_norm")
+
+
 class Backbone(nn.Module):
     """The adapter contract (see the module docstring); ``forward`` gives logits (N, K)."""
 
     embed_dim: int
+    in_channels: int
     spatial_features: bool
+    invariant_pooling: bool = False
     weights_source: str
 
     @property
     def head(self) -> nn.Module:
         raise NotImplementedError
+
+    @property
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -55,19 +70,37 @@ class Backbone(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, spatial_features={self.spatial_features}, weights={self.weights_source}"
+        return (f"embed_dim={self.embed_dim}, spatial_features={self.spatial_features}, "
+                f"invariant_pooling={self.invariant_pooling}, weights={self.weights_source}")
+
+
+def _timm_pooling_is_invariant(model: nn.Module) -> bool:
+    """True for a timm CNN read out by global average / max pooling (``SelectAdaptivePool2d``) and no
+    attention pooling; anything else (e.g. ``resnet50_clip``'s attention pool with a positional embedding)
+    is not trusted to be invariant."""
+    from timm.layers import SelectAdaptivePool2d
+
+    pool = getattr(model, "global_pool", None)
+    if not isinstance(pool, SelectAdaptivePool2d):
+        pool = getattr(getattr(model, "head", None), "global_pool", None)
+    if not isinstance(pool, SelectAdaptivePool2d) or pool.pool_type not in _INVARIANT_POOL_TYPES:
+        return False
+    return not any("attention" in type(m).__name__.lower() or "attnpool" in type(m).__name__.lower()
+                   for m in model.modules())
 
 
 class TimmStyleBackbone(Backbone):
     """A model with timm's API — ``forward_features``, ``forward_head(x, pre_logits)`` and a classifier
     (``get_classifier()`` or ``head``): every timm model and :class:`gevit.models.VisionTransformer`.
 
-    Whether its features are a spatial NCHW map is found once, from a dry run on one blank image.
+    Whether its features are a spatial NCHW map is found once, from a dry run on one blank image; the
+    pooling counts as invariant only for timm's global average / max pooling (:func:`_timm_pooling_is_invariant`).
     """
 
     def __init__(self, model: nn.Module, in_channels: int, image_size: int, weights_source: str = RANDOM_INIT):
         super().__init__()
         self.model = model
+        self.in_channels = in_channels
         self.weights_source = weights_source
         self.embed_dim = (getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
                           or model.embed_dim)
@@ -77,10 +110,18 @@ class TimmStyleBackbone(Backbone):
             features = model.forward_features(torch.zeros(1, in_channels, image_size, image_size))
         model.train(was_training)
         self.spatial_features = features.ndim == 4 and getattr(model, "output_fmt", "NCHW") == "NCHW"
+        self.invariant_pooling = self.spatial_features and _timm_pooling_is_invariant(model)
 
     @property
     def head(self) -> nn.Module:
         return self.model.get_classifier() if hasattr(self.model, "get_classifier") else self.model.head
+
+    @property
+    def head_modules(self) -> list[nn.Module]:
+        """The classifier and the model's final norms (a timm ViT's ``norm`` / ``fc_norm``: its LN + Linear
+        head); this project's ViT keeps its LayerNorm inside ``head``."""
+        norms = [getattr(self.model, name) for name in _HEAD_NORMS if isinstance(getattr(self.model, name, None), nn.Module)]
+        return [m for m in norms if any(True for _ in m.parameters())] + [self.head]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
@@ -92,15 +133,17 @@ class TimmStyleBackbone(Backbone):
 
 class TorchvisionResNetBackbone(Backbone):
     """A torchvision ResNet: features = the ``layer4`` map (N, C', h, w); embedding = global average
-    pooling (N, C'); head = ``fc``."""
+    pooling (N, C') (invariant); head = ``fc``."""
 
     spatial_features = True
+    invariant_pooling = True
 
     def __init__(self, model: torchvision.models.ResNet, weights_source: str = RANDOM_INIT):
         super().__init__()
         self.model = model
         self.weights_source = weights_source
         self.embed_dim = model.fc.in_features
+        self.in_channels = model.conv1.in_channels
 
     @property
     def head(self) -> nn.Module:
@@ -118,12 +161,30 @@ class TorchvisionResNetBackbone(Backbone):
 
 def adapt(model: nn.Module, in_channels: int, image_size: int, weights_source: str = RANDOM_INIT) -> Backbone:
     """Wrap a classifier network in the adapter that fits it."""
+    if isinstance(model, Backbone):
+        return model
     if isinstance(model, torchvision.models.ResNet):
         return TorchvisionResNetBackbone(model, weights_source)
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         return TimmStyleBackbone(model, in_channels, image_size, weights_source)
     raise TypeError(f"no backbone adapter for {type(model).__name__}: a backbone needs forward_features / "
                     "forward_head(x, pre_logits=True) / a classifier (timm's API), or to be a torchvision ResNet")
+
+
+def check_backbone(backbone: Backbone, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    """One dry run on a blank (in_channels, image_size, image_size) image: the backbone must accept it and
+    give ``num_classes`` logits. Returns the backbone."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            logits = backbone(torch.zeros(1, in_channels, image_size, image_size))
+    finally:
+        backbone.train(was_training)
+    if logits.shape != (1, num_classes):
+        raise ValueError(f"the backbone ({backbone.weights_source}) gives logits of shape {tuple(logits.shape)} "
+                         f"for one image, but the data has {num_classes} classes")
+    return backbone
 
 
 # ---- weights ----------------------------------------------------------------------------------------
@@ -138,8 +199,7 @@ def read_framework_checkpoint(ckpt_path: str | Path) -> dict:
     """Load a checkpoint written by ``train.py`` (Lightning format with ``state_dict`` and, since the
     model config is stored, ``gevit_model_config``)."""
     path = _existing_file(ckpt_path, "backbone checkpoint")
-    # A Lightning checkpoint holds plain Python objects (loop and callback states) besides tensors.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not any(k.startswith("net.") for k in checkpoint.get("state_dict", {})):
         raise ValueError(f"{path} is not a checkpoint of this framework's train.py (expected a 'state_dict' with "
                          "'net.' entries); for the post-hoc experiments' original ViT use model/backbone=peer_vit")
@@ -158,46 +218,6 @@ def load_framework_weights(model: nn.Module, ckpt_path: str | Path) -> None:
     except RuntimeError as err:
         raise ValueError(f"the network in {ckpt_path} does not match the configured backbone architecture; "
                          f"use model/backbone=checkpoint to take the architecture from the checkpoint.\n{err}") from err
-
-
-# ---- rebuilding a network from a stored config, without Hydra -----------------------------------------
-# Arguments that fetch *initial* weights: a checkpoint already holds the trained ones.
-_INITIAL_WEIGHT_ARGS = {"pretrained": False, "weights": None}
-
-
-def import_target(path: str) -> Callable[..., Any]:
-    """``"package.module.Name"`` -> the object ``Name`` of ``package.module``."""
-    module_name, _, attribute = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ImportError(f"cannot import {path!r} (the _target_ of the stored network config): {err}") from err
-
-
-def instantiate_config(node: Any) -> Any:
-    """Build the objects described by a resolved config (dicts with ``_target_``, nested), like Hydra's
-    ``instantiate`` for plain nodes. Keys starting with ``_`` other than ``_target_`` are ignored."""
-    if isinstance(node, dict):
-        values = {k: instantiate_config(v) for k, v in node.items() if not k.startswith("_")}
-        return import_target(node["_target_"])(**values) if "_target_" in node else values
-    if isinstance(node, (list, tuple)):
-        return [instantiate_config(v) for v in node]
-    return node
-
-
-def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
-    """Rebuild the network of a ``train.py`` checkpoint from ``gevit_model_config['net']`` and load its
-    weights. Arguments that would fetch initial weights (``pretrained``, ``weights``) are disabled."""
-    checkpoint = read_framework_checkpoint(ckpt_path)
-    config = checkpoint.get("gevit_model_config") or {}
-    if not isinstance(config.get("net"), dict) or "_target_" not in config["net"]:
-        raise ValueError(f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "
-                         "it was not written by a train.py run of a single network (model=vit or similar)")
-    net_config = dict(config["net"])
-    net_config.update({k: v for k, v in _INITIAL_WEIGHT_ARGS.items() if k in net_config})
-    model = instantiate_config(net_config)
-    model.load_state_dict(net_state_dict(checkpoint))
-    return model
 
 
 # ---- networks -----------------------------------------------------------------------------------------
@@ -258,15 +278,16 @@ def peer_vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_
     return adapt(model, in_channels, image_size, str(ckpt_path))
 
 
-def timm_backbone(num_classes: int, in_channels: int, image_size: int, name: str, weights: Optional[str] = None,
-                  ckpt_path: Optional[str] = None, model_kwargs: Optional[dict] = None) -> Backbone:
-    """``timm.create_model(name, pretrained=False, ...)``; initial weights only from the local file ``weights``
+def timm_backbone(num_classes: int, in_channels: int, image_size: int, model_name: str,
+                  weights: Optional[str] = None, ckpt_path: Optional[str] = None,
+                  model_kwargs: Optional[dict] = None) -> Backbone:
+    """``timm.create_model(model_name, pretrained=False, ...)``; initial weights only from the local file ``weights``
     (timm adapts its classifier and input channels), trained weights from a ``train.py`` ``ckpt_path``.
     ``model_kwargs`` go to ``create_model`` (e.g. ``img_size`` for a ViT)."""
     import timm
 
     overlay = {"file": str(_existing_file(weights, "timm weights file"))} if weights else None
-    model = timm.create_model(name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay,
+    model = timm.create_model(model_name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay,
                               num_classes=num_classes, in_chans=in_channels, **(model_kwargs or {}))
     if ckpt_path:
         load_framework_weights(model, ckpt_path)
@@ -285,38 +306,3 @@ def resnet_backbone(num_classes: int, in_channels: int, image_size: int, arch: s
     return adapt(model, in_channels, image_size, source)
 
 
-def checkpoint_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_path: str) -> Backbone:
-    """Architecture and weights of the network in a ``train.py`` checkpoint (:func:`network_from_checkpoint`)."""
-    if not ckpt_path:
-        raise ValueError("model/backbone=checkpoint needs model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt")
-    return adapt(network_from_checkpoint(ckpt_path), in_channels, image_size, str(ckpt_path))
-
-
-BACKBONE_SOURCES: Dict[str, Callable[..., Backbone]] = {
-    "vit": vit_backbone,
-    "peer_vit": peer_vit_backbone,
-    "timm": timm_backbone,
-    "resnet": resnet_backbone,
-    "checkpoint": checkpoint_backbone,
-}
-
-
-def build_backbone(source: str, num_classes: int, in_channels: int, image_size: int, **options) -> Backbone:
-    """The backbone from ``source`` (``vit``, ``peer_vit``, ``timm``, ``resnet``, ``checkpoint``) for
-    (``in_channels``, ``image_size``, ``image_size``) images and ``num_classes`` classes.
-
-    One dry run on a blank image checks that it accepts such images and gives ``num_classes`` logits.
-    """
-    if source not in BACKBONE_SOURCES:
-        raise ValueError(f"unknown backbone source {source!r}; choose one of {', '.join(BACKBONE_SOURCES)}")
-    backbone = BACKBONE_SOURCES[source](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                                        **options)
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        logits = backbone(torch.zeros(1, in_channels, image_size, image_size))
-    backbone.train(was_training)
-    if logits.shape != (1, num_classes):
-        raise ValueError(f"the {source} backbone ({backbone.weights_source}) gives logits of shape "
-                         f"{tuple(logits.shape)} for one image, but the data has {num_classes} classes")
-    return backbone

@@ -7,16 +7,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
-
-FEATURES = ("auto", "embedding", "spatial")
+from gevit.posthoc.aggregators._features import resolve_level, weighted_sum
+from gevit.posthoc.aggregators.base import Aggregator
 
 
 def _mlp(dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
-@register_aggregator("equiattention")
 class EquiAttentionAggregator(Aggregator):
     """EquiAttention (Vlasenko et al., 2024): queries and keys from every view, attention across views::
 
@@ -27,10 +25,10 @@ class EquiAttentionAggregator(Aggregator):
 
     - level ``embedding``: ``v_h = M(g_h x)``; ``logits = head(out)``;
     - level ``spatial``: ``v_h = g_h^-1 . F(g_h x)``, the view's spatial feature map (C, h, w) with the
-      inverse group element applied, so the maps are aligned before they are combined;
-      ``logits = head(pool(out))`` with the backbone's own pooling. Transforming the input by ``u`` permutes
-      the views and turns ``out`` into ``u . out`` (exactly for C4 / flip / D4), which the global pooling
-      removes.
+      inverse group element applied, so the maps are aligned before they are combined. Transforming the
+      input by ``u`` permutes the views and turns ``out`` into ``u . out`` (exactly for C4 / flip / D4);
+      the wrapper then pools invariantly (the backbone's own pooling only where it is invariant) and
+      applies the head.
 
     ``features`` chooses the level: ``auto`` (spatial when the backbone has spatial feature maps),
     ``embedding`` or ``spatial``. ``Q``'s last layer starts at zero, so untrained attention is uniform and
@@ -38,25 +36,25 @@ class EquiAttentionAggregator(Aggregator):
     [(B, C, h, w)].
     """
 
-    def __init__(self, dim: int, hidden_dim: int = 128, attn_dim: int = 128, spatial: bool = False):
+    level = "embedding"
+    learned = True
+    weighted_views = True
+    summary = {"aggregated": "aligned maps g⁻¹F(gx) on CNNs (`features: auto`), else embeddings",
+               "weights": "column means of softmax(QKᵀ/√d) across views",
+               "normalisation": "softmax over views", "estimator": "backprop",
+               "difference": "Q, K = MLPs of the pooled embedding (the original: per-channel conv on RN50's 7×7 "
+                             "maps, then MLPs), so any map size fits; Q starts at zero (= mean); pooled "
+                             "invariantly (the original fed CLIP's position-dependent attention pool)"}
+
+    def __init__(self, embed_dim: int, hidden_dim: int = 128, attn_dim: int = 128, features: str = "auto",
+                 spatial_features: bool = False):
         super().__init__()
-        self.level = "spatial" if spatial else "embedding"
-        self.query = _mlp(dim, hidden_dim, attn_dim)
-        self.key = _mlp(dim, hidden_dim, attn_dim)
+        self.level = resolve_level("equiattention", features, spatial_features)
+        self.query = _mlp(embed_dim, hidden_dim, attn_dim)
+        self.key = _mlp(embed_dim, hidden_dim, attn_dim)
         nn.init.zeros_(self.query[-1].weight)
         nn.init.zeros_(self.query[-1].bias)
         self.scale = 1.0 / math.sqrt(attn_dim)
-
-    @classmethod
-    def create(cls, embed_dim: int, spatial_features: bool, features: str = "auto",
-               **options) -> "EquiAttentionAggregator":
-        if features not in FEATURES:
-            raise ValueError(f"equiattention features must be one of {FEATURES}, got {features!r}")
-        if features == "spatial" and not spatial_features:
-            raise ValueError("equiattention features=spatial needs a backbone with spatial feature maps (a CNN); "
-                             "this backbone has none: use features=embedding (or auto)")
-        spatial = spatial_features if features == "auto" else features == "spatial"
-        return cls(dim=embed_dim, spatial=spatial, **options)
 
     def weights(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, |G|, D) -> (B, |G|) view weights (positive, summing to one)."""
@@ -65,6 +63,4 @@ class EquiAttentionAggregator(Aggregator):
 
     def forward(self, embeddings: torch.Tensor, values: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``embeddings`` (B, |G|, D); ``values`` (B, |G|, ...) default to the embeddings -> (B, ...)."""
-        values = embeddings if values is None else values
-        weights = self.weights(embeddings)
-        return (weights.reshape(*weights.shape, *([1] * (values.ndim - 2))) * values).sum(dim=1)
+        return weighted_sum(self.weights(embeddings), embeddings if values is None else values)

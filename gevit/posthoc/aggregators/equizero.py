@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 PROXIES = ("entropy", "max_prob")
 
 
-@register_aggregator("equizero")
 class EquizeroAggregator(Aggregator):
     """equizero (Basu et al., 2023)::
 
@@ -25,6 +24,10 @@ class EquizeroAggregator(Aggregator):
     """
 
     level = "logits"
+    summary = {"aggregated": "logits", "weights": "one-hot: argmin_g of a proxy loss", "normalisation": "–",
+               "estimator": "straight-through the mean of the views",
+               "difference": "proxy `entropy` by default (the classification code's `--use_entropy`); its "
+                             "other path took argmin of the max probability, the *least* confident view"}
 
     def __init__(self, proxy: str = "entropy"):
         super().__init__()

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 
-@register_aggregator("max")
 class MaxAggregator(Aggregator):
     """``e(x)_d = max_g M(gx)_d`` for every embedding dimension d, then ``logits = head(e(x))``.
 
@@ -14,6 +13,8 @@ class MaxAggregator(Aggregator):
     """
 
     level = "embedding"
+    summary = {"aggregated": "embeddings", "weights": "element-wise max", "normalisation": "–",
+               "estimator": "gradient to the maximal view per dimension", "difference": "same as the original (Max)"}
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.amax(dim=1)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 
-@register_aggregator("mean")
 class MeanAggregator(Aggregator):
     """``e(x) = (1/|G|) sum_g M(gx)``, then ``logits = head(e(x))``.
 
@@ -14,6 +13,8 @@ class MeanAggregator(Aggregator):
     """
 
     level = "embedding"
+    summary = {"aggregated": "embeddings", "weights": "uniform 1/|G|", "normalisation": "–", "estimator": "–",
+               "difference": "same as the original (Mean, equitune)"}
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.mean(dim=1)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 
-@register_aggregator("most_certain")
 class MostCertainAggregator(Aggregator):
     """With ``p_g = softmax(z(gx))``:
 
@@ -20,6 +19,9 @@ class MostCertainAggregator(Aggregator):
     """
 
     level = "logits"
+    summary = {"aggregated": "logits", "weights": "one-hot: argmax_g p_k(gx) per class", "normalisation": "–",
+               "estimator": "gradient to the selected views", "difference": "same as the original code "
+               "(`per_class: true`); `false` is the blog's single most confident view"}
 
     def __init__(self, per_class: bool = True):
         super().__init__()

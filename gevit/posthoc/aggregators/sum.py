@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 
-@register_aggregator("sum")
 class SumAggregator(Aggregator):
     """``e(x) = sum_g M(gx)``, then ``logits = head(e(x))``.
 
@@ -15,6 +14,8 @@ class SumAggregator(Aggregator):
     """
 
     level = "embedding"
+    summary = {"aggregated": "embeddings", "weights": "1", "normalisation": "none (= mean behind a LayerNorm head)",
+               "estimator": "–", "difference": "same as the original (Sum)"}
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.sum(dim=1)

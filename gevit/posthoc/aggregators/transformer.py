@@ -6,10 +6,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from gevit.posthoc.aggregators.base import Aggregator, register_aggregator
+from gevit.posthoc.aggregators.base import Aggregator
 
 
-@register_aggregator("transformer")
 class TransformerAggregator(Aggregator):
     """Self-attention across the |G| view embeddings, with a class token and **no positional encoding**::
 
@@ -20,29 +19,33 @@ class TransformerAggregator(Aggregator):
     unset); ``Transformer`` is ``depth`` pre-norm encoder layers (multi-head attention and a token-wise
     MLP). Attention and the token-wise MLP are permutation-equivariant and the class token attends to all
     views alike, so ``t`` does not depend on the order of the views. ``Q`` starts at zero, so an untrained
-    aggregator is ``mean`` and training refines it. (B, |G|, D) -> (B, D).
+    aggregator is ``mean`` and training refines it. With dropout > 0 the training-mode forward is
+    invariant only in distribution; eval is exact. (B, |G|, D) -> (B, D).
+    (``transformer_faithful`` is the original LearnedAggregation's architecture.)
     """
 
     level = "embedding"
+    learned = True
+    summary = {"aggregated": "embeddings", "weights": "class-token self-attention over the views",
+               "normalisation": "softmax attention; pre-norm layers + final LayerNorm", "estimator": "backprop",
+               "difference": "not the original's blocks (`transformer_faithful` is): pre-norm encoder layers with "
+                             "a GELU MLP, a zero-initialised projection added to the mean, so it starts as "
+                             "`mean` — better than the faithful blocks in our runs (docs)"}
 
-    def __init__(self, dim: int, width: Optional[int] = None, depth: int = 2, num_heads: int = 4,
+    def __init__(self, embed_dim: int, width: Optional[int] = None, depth: int = 2, num_heads: int = 4,
                  mlp_hidden_dim: int = 128, dropout: float = 0.1):
         super().__init__()
-        width = width or dim
-        self.project_in = nn.Linear(dim, width) if width != dim else nn.Identity()
+        width = width or embed_dim
+        self.project_in = nn.Linear(embed_dim, width) if width != embed_dim else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         layer = nn.TransformerEncoderLayer(width, num_heads, mlp_hidden_dim, dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.project_out = nn.Linear(width, dim)
+        self.project_out = nn.Linear(width, embed_dim)
         nn.init.zeros_(self.project_out.weight)
         nn.init.zeros_(self.project_out.bias)
-
-    @classmethod
-    def create(cls, embed_dim: int, spatial_features: bool, **options) -> "TransformerAggregator":
-        return cls(dim=embed_dim, **options)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         tokens = self.project_in(embeddings)
