@@ -6,7 +6,6 @@ fixture (``write_fixture``), so a new data module plus its yaml is tested here w
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import hydra
 import lightning as L
