@@ -31,10 +31,21 @@ batches); keys/values are strided views of the padded projections, copied once p
 input-independent positional tables are computed once per forward (once per weight change without
 gradients), and without gradients the softmax runs in place. Attention dropout acts on the summed
 probabilities (cheaper than on the full tensor; identical in eval mode).
+
+Fused kernels. The eager code above is the reference; by default each layer runs a fused kernel that
+never materialises the logits (``gevit/layers/kernels``): a C++/OpenMP kernel on the CPU (float32 and
+float64) and a Triton kernel on CUDA, selected per call from the input's device, with the eager path as
+the fallback when a kernel is unavailable (one log line says which path runs). Choose with the
+environment variable ``GEVIT_ATTENTION=auto|eager|cpu|triton``, :func:`set_attention_backend`, or a
+layer's ``backend`` attribute. ``return_attention=True`` always runs the eager path (it returns the
+probabilities). Inside the kernels attention dropout acts on the summed probabilities too, drawn from
+a counter-based generator seeded from torch's RNG, so ``torch.manual_seed`` makes runs reproducible.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 from typing import Optional
 
 import torch
@@ -43,7 +54,64 @@ import torch.nn.functional as F
 
 from gevit.groups import Group, get_group
 
+log = logging.getLogger(__name__)
+
 ENCODINGS = ("gevit", "gsanet")
+BACKENDS = ("auto", "eager", "cpu", "triton")
+_backend_override: Optional[str] = None
+_announced: set = set()
+
+
+def set_attention_backend(name: Optional[str]) -> None:
+    """Process-wide choice of the attention path (``None``: back to ``$GEVIT_ATTENTION`` / ``auto``)."""
+    global _backend_override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
+    _backend_override = name
+
+
+def requested_backend(layer_choice: Optional[str] = None) -> str:
+    name = layer_choice or _backend_override or os.environ.get("GEVIT_ATTENTION", "auto")
+    if name not in BACKENDS:
+        raise ValueError(f"GEVIT_ATTENTION must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def _announce(path: str, detail: str, warn: bool = False) -> None:
+    if path not in _announced:
+        _announced.add(path)
+        (log.warning if warn else log.info)("GE-ViT attention runs on the %s path%s", path, detail)
+
+
+def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
+    """``eager``, ``cpu`` or ``triton`` for an input ``x`` (see the module docstring)."""
+    name = requested_backend(layer_choice)
+    if name == "eager":
+        _announce("eager", " (requested)")
+        return "eager"
+    if x.dtype not in (torch.float32, torch.float64):
+        return "eager"
+    if name == "triton" or (name == "auto" and x.device.type == "cuda"):
+        from gevit.layers.kernels import triton_attention
+
+        if triton_attention.available(x.device):
+            _announce("triton", f" (fused Triton kernel on {x.device.type})")
+            return "triton"
+        if name == "triton":
+            raise RuntimeError(f"the Triton attention kernel is not available: {triton_attention.unavailable_reason()}")
+        _announce("eager", f": no Triton kernel for {x.device.type} ({triton_attention.unavailable_reason()})", warn=True)
+        return "eager"
+    if x.device.type != "cpu":
+        return "eager"
+    from gevit.layers.kernels import cpu
+
+    if cpu.load() is not None:
+        _announce("cpu", " (fused C++ kernel, %d threads)" % torch.get_num_threads())
+        return "cpu"
+    if name == "cpu":
+        raise RuntimeError(f"the fused CPU attention kernel could not be built: {cpu.build_error()}")
+    _announce("eager", " (the fused CPU kernel is unavailable)", warn=True)
+    return "eager"
 
 
 class Swish(nn.Module):
@@ -223,6 +291,62 @@ class _GroupAttentionBase(nn.Module):
     def dropout(self, probs: torch.Tensor) -> torch.Tensor:
         return F.dropout(probs, self.attention_dropout, self.training) if self.attention_dropout > 0 else probs
 
+    # ---- fused kernels -------------------------------------------------------------------------------
+    backend: Optional[str] = None  # per-layer choice of path (None: the process-wide one)
+
+    def positional_table(self) -> torch.Tensor:
+        """(|G|, k*k, 2p): row then column encodings, the spatial term's keys."""
+        rows, cols = self.spatial_tables()
+        return torch.cat([rows, cols], dim=-1)
+
+    def fused_attention(self, backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qe: torch.Tensor,
+                        idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """Attention through a fused kernel: q, k, v (B, heads, mid, G_in, H, W) (q already scaled),
+        qe (B, heads, G, N, H, W) group scores, idx (V, G, M) -> (B, C_out, V, H, W) after ``wout``;
+        ``None`` when the factorised normaliser underflows (the caller then runs the eager path)."""
+        from gevit.layers.kernels import cpu
+
+        b, heads, mid, n_in, height, width = q.shape
+        ptab = self.positional_table().to(q.dtype)
+        p_drop = self.attention_dropout if self.training else 0.0
+        # two 31-bit seeds from torch's generator: manual_seed makes the in-kernel dropout reproducible
+        seeds = tuple(int(s) for s in torch.randint(0, 2 ** 31 - 1, (2,))) if p_drop > 0 else (0, 0)
+        try:
+            if backend == "cpu":
+                out = self._cpu_attention(q, k, v, ptab, qe, idx, p_drop, seeds)
+            else:
+                from gevit.layers.kernels import triton_attention
+
+                out = triton_attention.fused_attention(q, k, v, ptab, qe, idx, self.patch_size, p_drop, seeds)
+        except cpu.NormaliserUnderflow as error:
+            log.warning("GE-ViT attention: %s in %s; this call runs on the eager path", error, type(self).__name__)
+            return None
+        n_out = out.shape[3]  # (B, heads, mid, V, H, W)
+        flat = out.permute(0, 3, 4, 5, 2, 1).reshape(b, n_out, height * width, mid * heads)
+        return self.wout(flat).permute(0, 3, 1, 2).reshape(b, self.out_channels, n_out, height, width)
+
+    def _fused_index(self, make, device) -> torch.Tensor:
+        """The (V, G, M) group-embedding indices as int32 on ``device`` (cached)."""
+        cached = getattr(self, "_fused_idx", None)
+        if cached is None or cached.device != device:
+            cached = self._fused_idx = make().to(device=device, dtype=torch.int32).contiguous()
+        return cached
+
+    def _cpu_attention(self, q, k, v, ptab, qe, idx, p_drop, seeds):
+        from gevit.layers.kernels import cpu
+
+        b, heads, mid, n_in, height, width = q.shape
+        r = self.patch_size // 2
+        extra = -width % cpu.TILE
+        # widths padded to whole vector tiles; keys/values zero-padded by r for the shifted-row reads
+        qp = F.pad(q, (0, extra)).reshape(b * heads, mid, n_in, height, width + extra)
+        kp = F.pad(k, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r)
+        vp = F.pad(v, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r)
+        qe = F.pad(qe, (0, extra)).reshape(b * heads, *qe.shape[2:4], height, width + extra)
+        out = cpu.FusedAttention.apply(qp.contiguous(), kp.contiguous(), vp.contiguous(), ptab.contiguous(),
+                                       qe.contiguous(), idx, width, p_drop, seeds)
+        return out[..., :width].reshape(b, heads, mid, -1, height, width)
+
 
 class LiftingSelfAttention(_GroupAttentionBase):
     """Lifting self-attention: (B, C_in, H, W) -> (B, C_out, |G|, H, W).
@@ -245,6 +369,28 @@ class LiftingSelfAttention(_GroupAttentionBase):
         self.value = nn.Linear(in_channels, mid_channels * num_heads)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if not return_attention:
+            backend = select_backend(x, self.backend)
+            if backend != "eager":
+                out = self._forward_fused(x, backend)
+                if out is not None:
+                    return out
+        return self.forward_eager(x, return_attention)
+
+    def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
+        b, c, height, width = x.shape
+        heads, mid, n = self.num_heads, self.mid_channels, self.group.order
+
+        def heads_first(linear):  # (B, heads, mid, 1, H, W); channel order (c, head)
+            return self.project(linear.weight, linear.bias, x).view(b, mid, heads, 1, height, width).transpose(1, 2)
+
+        q = heads_first(self.query) / math.sqrt(c)
+        qe = x.new_zeros(b, heads, 1, 1, height, width)  # no group term
+        idx = self._fused_index(lambda: torch.zeros(n, 1, 1, dtype=torch.int32), x.device)
+        return self.fused_attention(backend, q, heads_first(self.key), heads_first(self.value), qe, idx)
+
+    def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
+        """The reference path (materialises the logits chunk by chunk)."""
         b, c, height, width = x.shape
         hw, heads, mid, n = height * width, self.num_heads, self.mid_channels, self.group.order
         # every logit term is linear in q, so the 1/sqrt(C_in) scale is applied to q once
@@ -296,6 +442,32 @@ class GroupSelfAttention(_GroupAttentionBase):
                              persistent=False)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if x.ndim != 5 or x.shape[2] != self.group.order:
+            raise ValueError(f"expected (B, C, {self.group.order}, H, W) inputs ({self.group.name}), "
+                             f"got {tuple(x.shape)}")
+        if not return_attention:
+            backend = select_backend(x, self.backend)
+            if backend != "eager":
+                out = self._forward_fused(x, backend)
+                if out is not None:
+                    return out
+        return self.forward_eager(x, return_attention)
+
+    def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
+        b, c, n, height, width = x.shape
+        heads, mid, p = self.num_heads, self.mid_channels, self.pos_channels
+
+        def heads_first(linear):  # (B, heads, mid, G, H, W); channel order (c, head)
+            return self.project(linear.weight, linear.bias, x).view(b, mid, heads, n, height, width).transpose(1, 2)
+
+        q = heads_first(self.query) / math.sqrt(c)
+        # group scores q_g . E(i) for every embedding i (tiny); the kernel gathers E(idx(v, g, m))
+        qe = torch.einsum("bhcgyx,nc->bhgnyx", q[:, :, 2 * p:], self.group_embedding.weight)
+        idx = self._fused_index(lambda: self.group_indices, x.device)
+        return self.fused_attention(backend, q, heads_first(self.key), heads_first(self.value), qe, idx)
+
+    def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
+        """The reference path (materialises the logits chunk by chunk)."""
         b, c, n, height, width = x.shape
         if n != self.group.order:
             raise ValueError(f"expected a group axis of size {self.group.order} ({self.group.name}), got {n}")
