@@ -161,6 +161,21 @@ class Group:
         """All transformed copies: (B, C, H, W) -> (B, |G|, C, H, W), element ``i`` at position ``i``."""
         return torch.stack([self.act_on_images(images, i, **kwargs) for i in range(self.order)], dim=1)
 
+    def act_on_feature_map(self, features: torch.Tensor, index: int, group_dim: int = 2) -> torch.Tensor:
+        """Left action on a (..., |G|, ..., H, W) feature map: ``(u.f)(g, x) = f(u^-1 g, A_u^-1 x)``.
+
+        The spatial part must be exact, so only elements whose rotation is a multiple of 90 degrees are
+        accepted.
+        """
+        r, _ = self.elements[index]
+        if (r * 4) % self.num_rotations:
+            raise ValueError(f"element {index} of {self.name} is not a multiple of 90 degrees")
+        u_inv = self.inverse(index)
+        # new[g] = old[u^-1 g]
+        permutation = self.cayley_table[u_inv]
+        permuted = features.index_select(group_dim, permutation.to(features.device))
+        return self.act_on_images(permuted, index)
+
     def undo_orbit(self, maps: torch.Tensor, **kwargs) -> torch.Tensor:
         """The inverse of :meth:`orbit` view by view: (B, |G|, ..., h, w) -> (B, |G|, ..., h, w) with
         ``g_i^-1`` applied to the spatial axes of entry ``i`` (exact for multiples of 90 degrees)."""
