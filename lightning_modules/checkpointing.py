@@ -1,0 +1,255 @@
+"""Checkpoint files a preemptible cluster can trust: written atomically, loaded safely, one every epoch.
+
+- :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin): every checkpoint Lightning writes goes
+  to a temporary name in the same folder, is fsynced and renamed over the target, so a crash or a full disk
+  never leaves a truncated ``.ckpt``; every checkpoint it reads goes through :func:`load_checkpoint`.
+- :func:`load_checkpoint`: ``torch.load(weights_only=True)`` — a checkpoint whose pickle would run code
+  is refused (:class:`UnsafeCheckpointError`), a truncated/corrupt one is reported with the fix
+  (:class:`CorruptCheckpointError`), never half-loaded.
+- :class:`LastCheckpoint`: writes ``last.ckpt`` at the end of every training epoch (whatever the monitored
+  metric did) and, on a stop signal, makes sure the latest finished epoch is on disk.
+- :class:`RunStateCallback`: stores the random streams (torch, CUDA, numpy, python) and the run's resolved
+  config in every checkpoint, and restores the streams when a resumed run starts its next epoch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_KEY = "gevit_run_config"
+RNG_KEY = "gevit_rng_states"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used; the message names the file and the fix."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    pass
+
+
+class UnsafeCheckpointError(CheckpointError):
+    pass
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``<path>.tmp-<pid>`` in the same folder, fsync, rename over ``path``, fsync the folder.
+
+    A crash at any moment leaves either the old file or the new one, never a truncated one; the temporary
+    file of a failed write (e.g. a full disk) is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+
+
+# ---- reading --------------------------------------------------------------------------------------
+def _plain_numpy_globals() -> list:
+    """numpy scalars/arrays some older checkpoints carry (e.g. a best score stored as np.float64)."""
+    try:
+        from numpy.core.multiarray import _reconstruct, scalar  # noqa: F401
+    except ImportError:  # numpy 2 moved them
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
+    return [_reconstruct, scalar, np.ndarray, np.dtype, type(np.dtype("float64")), type(np.dtype("int64"))]
+
+
+_SAFE_GLOBALS_ADDED = False
+
+
+def register_safe_globals() -> None:
+    """Allow the few plain types the project's checkpoints may hold under ``weights_only=True`` (idempotent).
+
+    The project keeps checkpoints plain (dicts, lists, numbers, strings, tensors): configs are stored as
+    plain containers, RNG states as tensors and lists. Only numpy's scalar/array reconstructors are added,
+    which build data, never call arbitrary code."""
+    global _SAFE_GLOBALS_ADDED
+    if not _SAFE_GLOBALS_ADDED:
+        torch.serialization.add_safe_globals(_plain_numpy_globals())
+        _SAFE_GLOBALS_ADDED = True
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint a user pointed at, safely (``weights_only=True``), with one clear error per fault."""
+    register_safe_globals()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .ckpt file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            unsafe = ""
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                unsafe = f" (it needs {', '.join(names[:5])})" if names else ""
+            except Exception:
+                pass
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {path}: it holds Python objects beyond tensors and plain "
+                f"containers{unsafe}, which could run code when unpickled. Only load files from a source you "
+                f"trust; if you do trust it, convert it once with torch.load(weights_only=False) and save "
+                f"its state_dict") from None
+        raise _corrupt(path, err) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _corrupt(path, err) from None
+
+
+def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CorruptCheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({detail}); it was not loaded. Move it aside "
+        f"(mv {path} {path}.corrupt) and run again: a run resumes from the checkpoint before it, or starts "
+        f"fresh when there is none")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic writes and safe reads."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        if weights_only is False:
+            log.debug("weights_only=False requested for %s; loading with weights_only=True anyway", path)
+        return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+# ---- random streams -------------------------------------------------------------------------------
+def capture_rng_states() -> dict:
+    """Every global random stream as tensors and plain lists (safe under ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+class RunStateCallback(L.Callback):
+    """Stores ``run_config`` (plain dict: the model/data/schedule config of the run) and the random streams
+    in every checkpoint; on resume, restores the streams at the start of the first resumed epoch, i.e. at
+    the same point of the run where the uninterrupted run continues them (the sanity validation a resumed
+    run does first cannot shift them)."""
+
+    def __init__(self, run_config: dict):
+        self.run_config = run_config
+        self._pending: Optional[dict] = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
+        checkpoint[RNG_KEY] = capture_rng_states()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._pending = checkpoint.get(RNG_KEY)
+        if self._pending is None:
+            log.warning("the checkpoint holds no random-stream states (written by an older version): the resumed "
+                        "run continues with fresh streams and will not match an uninterrupted run exactly")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            restore_rng_states(self._pending)
+            self._pending = None
+
+
+# ---- last.ckpt every epoch ------------------------------------------------------------------------
+class LastCheckpoint(Checkpoint):
+    """Write ``<dirpath>/last.ckpt`` at the end of every training epoch, after validation and after the
+    early-stopping/selection callbacks updated their state, so it always holds the latest finished epoch.
+
+    A stop signal (SIGTERM, SIGINT, a submitit requeue) that arrives between epochs writes it too when the
+    latest finished epoch is not on disk yet. A signal in the middle of an epoch keeps the end-of-epoch file:
+    a mid-epoch state cannot be resumed exactly (the data order and random streams of the rest of the epoch
+    are not restorable), so the resumed run repeats that epoch from its start, identically.
+    Runs with ``fast_dev_run`` write nothing."""
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self._saved_epochs = -1  # finished epochs that are on disk
+        self._in_epoch = False
+
+    @property
+    def state_key(self) -> str:
+        return f"LastCheckpoint{{'filename': '{self.path.name}'}}"
+
+    def _finished_epochs(self, trainer) -> int:
+        return trainer.fit_loop.epoch_progress.current.processed
+
+    def _save(self, trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(str(self.path))
+        self._saved_epochs = self._finished_epochs(trainer)
+        if trainer.is_global_zero:
+            log.debug("wrote %s (epoch %d, step %d)", self.path, trainer.current_epoch, trainer.global_step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._saved_epochs = self._finished_epochs(trainer)  # a resumed run's epochs are on disk already
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._in_epoch = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._in_epoch = False
+        self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (SystemExit, KeyboardInterrupt)) or self._in_epoch:
+            return
+        if trainer.state.fn is None or trainer.state.fn.value != "fit" or trainer.world_size > 1:
+            return  # (with several processes a save needs all of them; the end-of-epoch file stays)
+        if self._finished_epochs(trainer) > self._saved_epochs:
+            log.warning("stop signal between epochs: writing %s before exiting", self.path)
+            self._save(trainer)
