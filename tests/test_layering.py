@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"lightning", "pytorch_lightning", "hydra", "omegaconf", "lightning_modules", "datamodules", "train"}
 
@@ -28,6 +30,7 @@ def test_gevit_sources_import_no_training_framework():
     assert not {path: names for path, names in offenders.items() if names}
 
 
+@pytest.mark.slow  # a fresh interpreter importing everything (~40 s on 2 loaded cores); the ast scan above runs always
 def test_importing_every_gevit_module_loads_no_training_framework():
     code = ("import importlib, pkgutil, sys, gevit\n"
             "for info in pkgutil.walk_packages(gevit.__path__, 'gevit.'):\n"
