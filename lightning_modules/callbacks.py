@@ -36,6 +36,10 @@ class RotationRobustnessCallback(Callback):
     def __init__(self, output_dir: Optional[str] = None, angles: Optional[Sequence[float]] = None,
                  step_deg: float = 15.0, max_samples: Optional[int] = 2000, interpolation: str = "bilinear",
                  padding_mode: str = "zeros", enabled: bool = True):
+        if angles is None and not (isinstance(step_deg, (int, float)) and 0 < step_deg <= 360):
+            raise ValueError(f"step_deg={step_deg!r}: expected a number of degrees in (0, 360]")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples={max_samples!r}: expected a positive number or null (all test images)")
         self.output_dir = Path(output_dir) if output_dir else None
         self.requested_angles = [float(a) for a in angles] if angles is not None else default_angles(step_deg)
         self.max_samples = max_samples
@@ -146,10 +150,10 @@ class EpochSummary(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Runs after this epoch's validation, so train/ and val/ metrics belong to the same epoch.
-        if not trainer.is_global_zero:
-            return
+        # Every process reads callback_metrics (under DDP reading them synchronises the metrics, a collective
+        # call); only rank 0 prints.
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        if not metrics:  # e.g. the end of an epoch a resumed run had already finished
+        if not trainer.is_global_zero or not metrics:  # e.g. the end of an epoch a resumed run had already finished
             return
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
         log.info("epoch %d/%s (step %d): %s", trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step, shown)

@@ -66,8 +66,23 @@ def instantiate_collection(cfg: Optional[DictConfig], kind: str) -> list:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"{kind}.{name} has no _target_; each {kind} entry must be instantiable")
-        objects.append(hydra.utils.instantiate(node))
+        objects.append(instantiate_named(node, f"{kind}.{name}"))
     return objects
+
+
+def instantiate_named(node: DictConfig, key: str):
+    """Instantiate ``node``; a constructor's ValueError/TypeError comes back as one line naming ``key``."""
+    from hydra.errors import InstantiationException
+
+    from lightning_modules.config_validation import ConfigError
+
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{key}: {cause}") from err
+        raise
 
 
 # ---- run identity (W&B name, group, tags) -----------------------------------------------------------
