@@ -3,6 +3,11 @@
     python benchmarks/step_time.py                                  # the default ViT, batch 128
     python benchmarks/step_time.py --batch 8 --steps 5 model=vit data=pcam
     python benchmarks/step_time.py --threads 2 -- model.net.depth=12
+    python benchmarks/step_time.py --batch 8 --attention eager model=gevit     # GE-ViT's reference path
+
+GE-ViT/GSA-Nets attention runs on the path ``--attention`` names (default ``auto``: the fused CPU kernel
+on the CPU, Triton on CUDA, eager when neither is available); the JSON line says which path ran
+(``attention_path``). ``benchmarks/official_side_by_side.py`` times the official GE-ViT against ours.
 
 Positional arguments are Hydra overrides of conf/train.yaml; the model is built exactly as train.py
 builds it (the data module is only used for its shape facts, no data is read). Prints one JSON line
@@ -64,11 +69,17 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "cpu", "triton"],
+                        help="GE-ViT/GSA-Nets attention path")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    from gevit.layers.group_attention import select_backend, set_attention_backend
+
+    set_attention_backend(args.attention)
+    attention_path = select_backend(torch.empty(1, device=device))
     model, cfg = build_model(args.overrides)
     model = model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -92,7 +103,7 @@ def main():
         "model": cfg.model.get("net", {}).get("_target_", cfg.model._target_), "overrides": args.overrides,
         "batch": args.batch, "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
-        "train_step": train, "eval_forward": evaluation,
+        "attention_path": attention_path, "train_step": train, "eval_forward": evaluation,
         "train_images_per_s": round(args.batch / train["median_ms"] * 1000, 1),
         "torch": torch.__version__, "machine": platform.machine(),
     }))

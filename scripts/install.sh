@@ -71,6 +71,8 @@ fi
 
 # (Re-)point the editable install at this checkout: cheap, and correct for a fresh clone.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" >/dev/null
+# Build (or find cached) the fused GE-ViT attention kernel; never fails the install (eager fallback).
+"$VENV/bin/python" -c "from gevit.layers.kernels import cpu; cpu.load()" >/dev/null 2>&1 || true
 if [[ -z "${GEVIT_VENV:-}" ]]; then
     ln -sfn "$VENV" "$ROOT/.venv"
 fi

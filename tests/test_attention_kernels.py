@@ -35,7 +35,7 @@ def run(layer, x, backend):
 def outputs_and_grads(layer, x, backend):
     x = x.detach().requires_grad_(True)
     out = run(layer, x, backend)
-    weights = torch.randn_like(out)  # a generic cotangent
+    weights = torch.randn(out.shape, dtype=out.dtype)  # a generic cotangent (randn_like follows strides)
     grads = torch.autograd.grad((out * weights).sum(), [x] + list(layer.parameters()), allow_unused=True)
     return out, grads, weights
 

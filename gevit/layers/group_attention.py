@@ -321,9 +321,31 @@ class _GroupAttentionBase(nn.Module):
         except cpu.NormaliserUnderflow as error:
             log.warning("GE-ViT attention: %s in %s; this call runs on the eager path", error, type(self).__name__)
             return None
-        n_out = out.shape[3]  # (B, heads, mid, V, H, W)
-        flat = out.permute(0, 3, 4, 5, 2, 1).reshape(b, n_out, height * width, mid * heads)
-        return self.wout(flat).permute(0, 3, 1, 2).reshape(b, self.out_channels, n_out, height, width)
+        n_out = out.shape[3]  # (B, heads, mid, V, H, W): channels in (head, c) order
+        flat = torch.matmul(self._heads_first_columns(self.wout.weight), out.reshape(b, heads * mid, -1))
+        return (flat + self.wout.bias.view(-1, 1)).view(b, self.out_channels, n_out, height, width)
+
+    def _heads_first_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """Rows of a projection (mid*heads, C) in (c, head) order -> (head, c) order."""
+        return weight.view(self.mid_channels, self.num_heads, -1).transpose(0, 1).reshape(weight.shape)
+
+    def _heads_first_columns(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.view(-1, self.mid_channels, self.num_heads).transpose(1, 2).reshape(weight.shape)
+
+    def project_heads_first(self, x: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (scaled by 1/sqrt(C_in)), k, v of x (B, C_in, [G,] H, W) as (B, heads, mid, G_in, H, W): one
+        matmul for the three projections, rows reordered so that its output needs no transpose."""
+        b, c = x.shape[:2]
+        height, width = x.shape[-2:]
+        scale = 1.0 / math.sqrt(c)
+        weight = torch.cat([self._heads_first_rows(self.query.weight) * scale, self._heads_first_rows(self.key.weight),
+                            self._heads_first_rows(self.value.weight)])
+        bias = torch.cat([self._heads_first_rows(self.query.bias.view(-1, 1)).view(-1) * scale,
+                          self._heads_first_rows(self.key.bias.view(-1, 1)).view(-1),
+                          self._heads_first_rows(self.value.bias.view(-1, 1)).view(-1)])
+        qkv = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), x.reshape(b, c, -1))
+        qkv = qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width)
+        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
 
     def _fused_index(self, make, device) -> torch.Tensor:
         """The (V, G, M) group-embedding indices as int32 on ``device`` (cached)."""
@@ -378,16 +400,12 @@ class LiftingSelfAttention(_GroupAttentionBase):
         return self.forward_eager(x, return_attention)
 
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
-        b, c, height, width = x.shape
-        heads, mid, n = self.num_heads, self.mid_channels, self.group.order
-
-        def heads_first(linear):  # (B, heads, mid, 1, H, W); channel order (c, head)
-            return self.project(linear.weight, linear.bias, x).view(b, mid, heads, 1, height, width).transpose(1, 2)
-
-        q = heads_first(self.query) / math.sqrt(c)
-        qe = x.new_zeros(b, heads, 1, 1, height, width)  # no group term
+        b, _, height, width = x.shape
+        n = self.group.order
+        q, k, v = self.project_heads_first(x, 1)
+        qe = x.new_zeros(b, self.num_heads, 1, 1, height, width)  # no group term
         idx = self._fused_index(lambda: torch.zeros(n, 1, 1, dtype=torch.int32), x.device)
-        return self.fused_attention(backend, q, heads_first(self.key), heads_first(self.value), qe, idx)
+        return self.fused_attention(backend, q, k, v, qe, idx)
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""
@@ -454,17 +472,12 @@ class GroupSelfAttention(_GroupAttentionBase):
         return self.forward_eager(x, return_attention)
 
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
-        b, c, n, height, width = x.shape
-        heads, mid, p = self.num_heads, self.mid_channels, self.pos_channels
-
-        def heads_first(linear):  # (B, heads, mid, G, H, W); channel order (c, head)
-            return self.project(linear.weight, linear.bias, x).view(b, mid, heads, n, height, width).transpose(1, 2)
-
-        q = heads_first(self.query) / math.sqrt(c)
+        n, p = x.shape[2], self.pos_channels
+        q, k, v = self.project_heads_first(x, n)
         # group scores q_g . E(i) for every embedding i (tiny); the kernel gathers E(idx(v, g, m))
         qe = torch.einsum("bhcgyx,nc->bhgnyx", q[:, :, 2 * p:], self.group_embedding.weight)
         idx = self._fused_index(lambda: self.group_indices, x.device)
-        return self.fused_attention(backend, q, heads_first(self.key), heads_first(self.value), qe, idx)
+        return self.fused_attention(backend, q, k, v, qe, idx)
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""

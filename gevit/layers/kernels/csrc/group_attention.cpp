@@ -132,11 +132,12 @@ struct Dims {
 template <typename T>
 struct Buffers {
   using V = Vec<T>;
-  std::vector<V> qt, A, cmax, S, smax, Wt, Pd, D, valid, Tm, U;
-  std::vector<V> dOt, dP, r, dc, ds, dpt;
+  std::vector<V> qt, A, cmax, S, smax, Wt, Pd, D, valid, Tm, U, gacc, vacc;
+  std::vector<V> dOt, dP, r, dc, ds, dpt, dqacc;
   Buffers(const Dims& d, bool dropout, bool backward)
       : qt(d.C * d.G), A(d.G * d.M * d.K2), cmax(d.G * d.M), S(d.G * d.V * d.K2), smax(d.G * d.V),
-        Wt(d.G * d.V * d.M), Pd(d.V * d.M * d.K2), D(dropout ? d.V * d.M * d.K2 : 0), valid(d.K2), Tm(d.M), U(d.M) {
+        Wt(d.G * d.V * d.M), Pd(d.V * d.M * d.K2), D(dropout ? d.V * d.M * d.K2 : 0), valid(d.K2), Tm(d.M), U(d.M),
+        gacc(2 * d.G), vacc(d.V) {
     if (backward) {
       dOt.resize(d.C * d.V);
       dP.resize(d.V * d.M * d.K2);
@@ -144,6 +145,7 @@ struct Buffers {
       dc.resize(d.G * d.M * d.K2);
       ds.resize(d.G * d.V * d.K2);
       dpt.resize(d.V * d.K2 * d.P2);
+      dqacc.resize(d.G);
     }
   }
 };
@@ -182,22 +184,32 @@ struct Attention {
     }
     for (int64_t ch = 0; ch < C; ++ch)
       for (int64_t g = 0; g < G; ++g) b.qt[ch * G + g] = loadu(q + (((bh * C + ch) * G + g) * H + y) * d.Wq + x0);
-    // content -> A = exp(c - max_j c)
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t m = 0; m < M; ++m) {
-        V* Agm = &b.A[(g * M + m) * K2];
-        V cm = ninf;
-        for (int64_t a = 0; a < K; ++a) {
-          for (int64_t c = 0; c < K; ++c) {
-            V acc = {};
-            for (int64_t ch = 0; ch < C; ++ch) acc += b.qt[ch * G + g] * loadu(k + krow(bh, ch, m, y + a) + x0 + c);
-            const V logit = b.valid[a * K + c] != 0 ? acc : ninf;
-            Agm[a * K + c] = logit;
-            cm = vmax(cm, logit);
+    // content -> A = exp(c - max_j c); each key row is loaded once for all query elements g
+    for (int64_t m = 0; m < M; ++m) {
+      V* cm = b.gacc.data();
+      for (int64_t g = 0; g < G; ++g) cm[g] = ninf;
+      for (int64_t a = 0; a < K; ++a) {
+        for (int64_t c = 0; c < K; ++c) {
+          const int64_t j = a * K + c;
+          V* acc = b.gacc.data() + G;
+          for (int64_t g = 0; g < G; ++g) acc[g] = V{};
+          for (int64_t ch = 0; ch < C; ++ch) {
+            const V kv = loadu(k + krow(bh, ch, m, y + a) + x0 + c);
+            const V* qc = &b.qt[ch * G];
+            for (int64_t g = 0; g < G; ++g) acc[g] += qc[g] * kv;
+          }
+          const V ok = b.valid[j];
+          for (int64_t g = 0; g < G; ++g) {
+            const V logit = ok != 0 ? acc[g] : ninf;
+            b.A[(g * M + m) * K2 + j] = logit;
+            cm[g] = vmax(cm[g], logit);
           }
         }
-        for (int64_t j = 0; j < K2; ++j) Agm[j] = vexp(Agm[j] - cm);
-        b.cmax[g * M + m] = cm;
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        V* Agm = &b.A[(g * M + m) * K2];
+        for (int64_t j = 0; j < K2; ++j) Agm[j] = vexp(Agm[j] - cm[g]);
+        b.cmax[g * M + m] = cm[g];
       }
     }
     // spatial -> S = exp(s - max_j s)
@@ -280,18 +292,19 @@ struct Attention {
 
   void output(Buffers<T>& b, T* out, int64_t bh, int64_t y, int64_t x0) const {
     const int64_t C = d.C, M = d.M, Vn = d.V, K = d.K, K2 = d.K2;
-    for (int64_t vv = 0; vv < Vn; ++vv) {
-      for (int64_t ch = 0; ch < C; ++ch) {
-        V acc = {};
-        for (int64_t m = 0; m < M; ++m) {
-          const V* P = &b.Pd[(vv * M + m) * K2];
-          for (int64_t a = 0; a < K; ++a) {
-            const T* vr = v + krow(bh, ch, m, y + a) + x0;
-            for (int64_t c = 0; c < K; ++c) acc += P[a * K + c] * loadu(vr + c);
+    V* acc = b.vacc.data();
+    for (int64_t ch = 0; ch < C; ++ch) {
+      for (int64_t vv = 0; vv < Vn; ++vv) acc[vv] = V{};
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t a = 0; a < K; ++a) {
+          const T* vr = v + krow(bh, ch, m, y + a) + x0;
+          for (int64_t c = 0; c < K; ++c) {
+            const V val = loadu(vr + c);  // each value row loaded once for all output elements
+            for (int64_t vv = 0; vv < Vn; ++vv) acc[vv] += b.Pd[(vv * M + m) * K2 + a * K + c] * val;
           }
         }
-        storeu(out + (((bh * C + ch) * Vn + vv) * d.H + y) * d.Wq + x0, acc);
       }
+      for (int64_t vv = 0; vv < Vn; ++vv) storeu(out + (((bh * C + ch) * Vn + vv) * d.H + y) * d.Wq + x0, acc[vv]);
     }
   }
 
@@ -363,30 +376,36 @@ struct Attention {
         }
       }
     }
-    // dq (content + spatial), dk, dptab
+    // dq (content + spatial) and dk: one read-modify-write of each key row per (channel, m, j), the
+    // query elements g accumulated in registers first
     for (int64_t ch = 0; ch < C; ++ch) {
-      for (int64_t g = 0; g < G; ++g) {
-        const V qr = b.qt[ch * G + g];
-        V acc = {};
-        for (int64_t m = 0; m < M; ++m) {
-          const V* dcgm = &b.dc[(g * M + m) * K2];
-          for (int64_t a = 0; a < K; ++a) {
-            const int64_t row = krow(bh, ch, m, y + a) + x0;
-            for (int64_t c = 0; c < K; ++c) {
-              const V dcj = dcgm[a * K + c];
-              acc += dcj * loadu(k + row + c);
-              storeu(dk + row + c, loadu(dk + row + c) + dcj * qr);
+      V* dqacc = b.dqacc.data();
+      for (int64_t g = 0; g < G; ++g) dqacc[g] = V{};
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t a = 0; a < K; ++a) {
+          const int64_t row = krow(bh, ch, m, y + a) + x0;
+          for (int64_t c = 0; c < K; ++c) {
+            const int64_t j = a * K + c;
+            const V kv = loadu(k + row + c);
+            V dkacc = {};
+            for (int64_t g = 0; g < G; ++g) {
+              const V dcj = b.dc[(g * M + m) * K2 + j];
+              dkacc += dcj * b.qt[ch * G + g];
+              dqacc[g] += dcj * kv;
             }
+            storeu(dk + row + c, loadu(dk + row + c) + dkacc);
           }
         }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        V acc = dqacc[g];
         if (ch < P2) {
           for (int64_t vv = 0; vv < Vn; ++vv) {
             const V* dsgv = &b.ds[(g * Vn + vv) * K2];
             for (int64_t j = 0; j < K2; ++j) acc += dsgv[j] * ptab[(vv * K2 + j) * P2 + ch];
           }
         }
-        T* dqr = dq + (((bh * C + ch) * G + g) * H + y) * d.Wq + x0;
-        storeu(dqr, loadu(dqr) + acc);
+        storeu(dq + (((bh * C + ch) * G + g) * H + y) * d.Wq + x0, acc);  // each query tile once
       }
     }
     // dptab: lane-wise partial sums, reduced across lanes once per (batch x head) by the caller
@@ -486,7 +505,7 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor q, torch::
   dout = dout.contiguous();
   check(dout, "grad", dtype);
   const Dims d = make_dims(q, k, ptab, qe, idx, width);
-  auto dq = torch::zeros_like(q), dk = torch::zeros_like(k), dv = torch::zeros_like(v), dqe = torch::zeros_like(qe);
+  auto dq = torch::empty_like(q), dk = torch::zeros_like(k), dv = torch::zeros_like(v), dqe = torch::zeros_like(qe);
   auto dptab = torch::zeros({d.BH, d.V, d.K2, d.P2}, q.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "gevit_fused_attention_backward", [&] {
     const auto att = make_attention<scalar_t>(d, q, k, v, ptab, qe, idx, p_drop, seed0, seed1);
