@@ -49,15 +49,21 @@ class OrientationNet(nn.Module):
     """Images (B, C, H, W) with background 0 -> orientation logits (B, |G|), equivariant:
     ``logits(g . x)[g h] = logits(x)[h]``.
 
-    ``depth`` escnn ``R2Conv`` layers with ``kernel_size`` kernels and "same" padding (no striding, which
-    would break exactness on even-sized grids): trivial input fields -> ``width`` regular fields (ReLU)
-    -> ... -> one regular field, whose |G| channels are averaged over space.
+    The image is first average-pooled by ``downsample`` (non-overlapping blocks, only when the side is a
+    multiple of it, so rot90 / flips of the image permute the blocks exactly); then ``depth`` escnn
+    ``R2Conv`` layers with ``kernel_size`` kernels and "same" padding (no striding, which would break
+    exactness on even-sized grids): trivial input fields -> ``width`` regular fields (ReLU) -> ... -> one
+    regular field, whose |G| channels are averaged over space. Small by design: it should cost a fraction
+    of one backbone call.
     """
 
-    def __init__(self, group: Group | str, in_channels: int, width: int = 8, depth: int = 3, kernel_size: int = 5):
+    def __init__(self, group: Group | str, in_channels: int, width: int = 8, depth: int = 3, kernel_size: int = 5,
+                 downsample: int = 2):
         super().__init__()
-        if depth < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"OrientationNet needs depth >= 1 and an odd kernel_size, got {depth}, {kernel_size}")
+        if depth < 1 or kernel_size % 2 == 0 or downsample < 1:
+            raise ValueError(f"OrientationNet needs depth >= 1, an odd kernel_size and downsample >= 1, got "
+                             f"{depth}, {kernel_size}, {downsample}")
+        self.downsample = downsample
         self.group = get_group(group)
         space = group_gspace(self.group)
         in_type = enn.FieldType(space, in_channels * [space.trivial_repr])
@@ -73,6 +79,8 @@ class OrientationNet(nn.Module):
         self.net = GeometricWrapper(deepcopy_module(enn.SequentialModule(*layers)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.downsample > 1 and images.shape[-1] % self.downsample == 0 and images.shape[-2] % self.downsample == 0:
+            images = F.avg_pool2d(images, self.downsample)
         return self.net(images).mean(dim=(-2, -1))
 
 
@@ -87,7 +95,7 @@ class LearnedCanonicalization(Aggregator):
     the chosen view; otherwise it is the chosen view itself.
 
     Args:
-        group, in_channels: the facts of the wrapper; width, depth, kernel_size: :class:`OrientationNet`.
+        group, in_channels: the facts of the wrapper; width, depth, kernel_size, downsample: :class:`OrientationNet`.
         prior_weight: weight of the canonicalization prior ``CE(o(x), identity)`` on training images
             (0 = off; use it when the training images are upright).
     """
@@ -103,13 +111,14 @@ class LearnedCanonicalization(Aggregator):
                              "delta at the identity — the same up to a constant)"}
 
     def __init__(self, group: Group | str, in_channels: int, width: int = 8, depth: int = 3, kernel_size: int = 5,
-                 estimator: str = "straight_through", temperature: float = 1.0, prior_weight: float = 0.0):
+                 downsample: int = 2, estimator: str = "straight_through", temperature: float = 1.0,
+                 prior_weight: float = 0.0):
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if temperature <= 0 or prior_weight < 0:
             raise ValueError(f"temperature must be positive and prior_weight >= 0, got {temperature}, {prior_weight}")
-        self.orientation = OrientationNet(group, in_channels, width, depth, kernel_size)
+        self.orientation = OrientationNet(group, in_channels, width, depth, kernel_size, downsample)
         self.estimator, self.temperature, self.prior_weight = estimator, temperature, prior_weight
 
     def orientation_logits(self, images: torch.Tensor) -> torch.Tensor:
