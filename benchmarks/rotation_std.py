@@ -57,7 +57,9 @@ def build_model(cfg, ckpt):
 
     if ckpt is None:
         return hydra.utils.instantiate(cfg.model)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    from lightning_modules.checkpointing import load_checkpoint
+
+    checkpoint = load_checkpoint(ckpt)  # weights_only: a crafted file is refused, a corrupt one named
     if "gevit_model_config" not in checkpoint:
         raise ValueError(f"{ckpt} holds no gevit_model_config; it was not written by train.py")
     model = hydra.utils.instantiate(checkpoint["gevit_model_config"])

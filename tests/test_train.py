@@ -58,7 +58,7 @@ def test_run_writes_every_output(trained):
     assert list((out / "csv").glob("version_*/metrics.csv"))
     assert "val/acc" in (out / "config_tree.log").read_text() or (out / "config_resolved.yaml").is_file()
     # the selected checkpoint carries its model config, so later stages can rebuild it
-    ckpt = torch.load(on_disk["best_checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(on_disk["best_checkpoint"], map_location="cpu", weights_only=True)
     assert ckpt["gevit_model_config"]["net"]["_target_"] == "gevit.models.VisionTransformer"
 
 
