@@ -13,9 +13,11 @@
 // Factorisation: with A = exp(c - max_j c) per (g,m), S = exp(s - max_j s) per (g,v) and
 // T[g,v,m] = sum_j S A, the normaliser is Z[g,v] = sum_m exp(e + cmax + smax - shift) T and
 // Psum[v,m,j] = sum_g W[g,v,m] A[g,m,j] S[g,v,j] with W = exp(e + cmax + smax - shift) / Z: nothing of
-// size |G|^3 k^2 is stored; the backward recomputes A, S, W from the inputs. The lifting layer is the
-// case G = M = 1 (no group term). If some T underflows (the product A*S loses the joint maximum) the
-// call reports it and the caller falls back to the eager path.
+// size |G|^3 k^2 is stored; the backward recomputes A, S, W from the inputs. If some T underflows (the
+// product A*S loses the joint maximum) the call reports it and the caller falls back to the eager path.
+// The lifting layer is the case G = M = 1 (no group term), computed with a direct softmax instead
+// (A = 1, S = exp(logit - max), W = 1/Z), which cannot underflow (trained weights do trip the
+// factorised guard there).
 //
 // Layouts (all contiguous; W padded up to Wq, a multiple of TX, with zeros):
 //   q    [BH][C][G][H][Wq]        k, v [BH][C][M][H+2r][Wq+2r]   (zero padded by r = K/2)
@@ -170,6 +172,7 @@ struct Attention {
     const int64_t C = d.C, G = d.G, M = d.M, Vn = d.V, K = d.K, K2 = d.K2, P2 = d.P2, H = d.H, W = d.W;
     const int64_t rad = K / 2;
     const V ninf = splat(-std::numeric_limits<T>::infinity());
+    const bool direct = G == 1 && M == 1;
     for (int64_t a = 0; a < K; ++a) {
       const int64_t yy = y + a - rad;
       const bool row_ok = yy >= 0 && yy < H;
@@ -208,7 +211,8 @@ struct Attention {
       }
       for (int64_t g = 0; g < G; ++g) {
         V* Agm = &b.A[(g * M + m) * K2];
-        for (int64_t j = 0; j < K2; ++j) Agm[j] = vexp(Agm[j] - cm[g]);
+        if (!direct)
+          for (int64_t j = 0; j < K2; ++j) Agm[j] = vexp(Agm[j] - cm[g]);
         b.cmax[g * M + m] = cm[g];
       }
     }
@@ -221,7 +225,8 @@ struct Attention {
           const T* pt = ptab + (vv * K2 + j) * P2;
           V acc = {};
           for (int64_t ch = 0; ch < P2; ++ch) acc += b.qt[ch * G + g] * pt[ch];
-          const V logit = b.valid[j] != 0 ? acc : ninf;
+          // direct softmax (one query and one key element: the lifting layer): the whole logit here
+          const V logit = b.valid[j] != 0 ? (direct ? acc + b.A[j] : acc) : ninf;
           Sgv[j] = logit;
           sm = vmax(sm, logit);
         }
@@ -229,33 +234,45 @@ struct Attention {
         b.smax[g * Vn + vv] = sm;
       }
     }
-    // T, group factor, normaliser -> W
-    const V tiny = splat(std::is_same<T, float>::value ? T(1e-30) : T(1e-290));
-    V real_lane;
-    for (int t = 0; t < TX; ++t) real_lane[t] = x0 + t < W ? T(1) : T(0);
-    V bad = {};
-    for (int64_t g = 0; g < G; ++g) {
+    if (direct) {
+      // P[v, j] = W[v] * A[j] * S[v, j] with A = 1 (0 outside the image), S = exp(logit - max), W = 1/Z:
+      // the backward's formulas hold unchanged, and Z >= 1 cannot underflow
       for (int64_t vv = 0; vv < Vn; ++vv) {
-        const V* Sgv = &b.S[(g * Vn + vv) * K2];
-        const V sm = b.smax[g * Vn + vv];
-        V umax = ninf, Z = {};
-        for (int64_t m = 0; m < M; ++m) {
-          const V* Agm = &b.A[(g * M + m) * K2];
-          V Tv = {};
-          for (int64_t j = 0; j < K2; ++j) Tv += Sgv[j] * Agm[j];
-          b.Tm[m] = Tv;
-          const T* er = qe + (((bh * G + g) * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
-          const V u = loadu(er) + b.cmax[g * M + m] + sm;
-          b.U[m] = u;
-          umax = vmax(umax, u);
-          bad += (Tv < tiny ? real_lane : V{});
+        V Z = {};
+        for (int64_t j = 0; j < K2; ++j) Z += b.S[vv * K2 + j];
+        b.Wt[vv] = splat(T(1)) / Z;
+      }
+      for (int64_t j = 0; j < K2; ++j) b.A[j] = b.valid[j];
+    }
+    V bad = {};
+    if (!direct) {
+      // T, group factor, normaliser -> W (factorised; `bad` counts lanes whose T underflowed)
+      const V tiny = splat(std::is_same<T, float>::value ? T(1e-30) : T(1e-290));
+      V real_lane;
+      for (int t = 0; t < TX; ++t) real_lane[t] = x0 + t < W ? T(1) : T(0);
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t vv = 0; vv < Vn; ++vv) {
+          const V* Sgv = &b.S[(g * Vn + vv) * K2];
+          const V sm = b.smax[g * Vn + vv];
+          V umax = ninf, Z = {};
+          for (int64_t m = 0; m < M; ++m) {
+            const V* Agm = &b.A[(g * M + m) * K2];
+            V Tv = {};
+            for (int64_t j = 0; j < K2; ++j) Tv += Sgv[j] * Agm[j];
+            b.Tm[m] = Tv;
+            const T* er = qe + (((bh * G + g) * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
+            const V u = loadu(er) + b.cmax[g * M + m] + sm;
+            b.U[m] = u;
+            umax = vmax(umax, u);
+            bad += (Tv < tiny ? real_lane : V{});
+          }
+          for (int64_t m = 0; m < M; ++m) {
+            b.U[m] = vexp(b.U[m] - umax);
+            Z += b.U[m] * b.Tm[m];
+          }
+          const V inv = splat(T(1)) / Z;
+          for (int64_t m = 0; m < M; ++m) b.Wt[(g * Vn + vv) * M + m] = b.U[m] * inv;
         }
-        for (int64_t m = 0; m < M; ++m) {
-          b.U[m] = vexp(b.U[m] - umax);
-          Z += b.U[m] * b.Tm[m];
-        }
-        const V inv = splat(T(1)) / Z;
-        for (int64_t m = 0; m < M; ++m) b.Wt[(g * Vn + vv) * M + m] = b.U[m] * inv;
       }
     }
     // summed probabilities (then dropout)
