@@ -20,8 +20,11 @@ SLICES = {
     "eqcvt.sh": {"SEEDS": "0"},
     "posthoc_rotmnist.sh": {"VIEW_GROUPS": "c4", "REGIMES": "zero_shot", "POSTHOC_FIXED": "mean",
                             "POSTHOC_LEARNED": "lambda", "SEEDS": "0"},
+    "posthoc_two_phase.sh": {"VIEW_GROUPS": "c4", "PHASE2_REGIMES": "full,backbone_only", "POSTHOC_LEARNED": "lambda",
+                             "SEEDS": "0"},
 }
-EXPECTED_ROWS = {"vit_baselines.sh": 2, "gevit_grid.sh": 2, "hybrid.sh": 4, "eqcvt.sh": 3, "posthoc_rotmnist.sh": 3}
+EXPECTED_ROWS = {"vit_baselines.sh": 2, "gevit_grid.sh": 2, "hybrid.sh": 4, "eqcvt.sh": 3, "posthoc_rotmnist.sh": 3,
+                 "posthoc_two_phase.sh": 1}
 
 
 def run_smoke(script: str, tmp_path: Path, extra_env: dict, *hydra_args: str) -> Path:
@@ -42,7 +45,7 @@ def test_every_table_script_is_covered():
     assert set(SCRIPTS) >= set(SLICES)
     posthoc = {s for s in SCRIPTS if s.startswith("posthoc_")}
     assert posthoc == {"posthoc_rotmnist.sh", "posthoc_mnist_to_rotmnist.sh", "posthoc_rotmnist_10pct.sh",
-                       "posthoc_pcam.sh"}  # the other three share posthoc_rotmnist's grid file
+                       "posthoc_pcam.sh", "posthoc_two_phase.sh"}  # three share posthoc_rotmnist's grid file
 
 
 @pytest.mark.parametrize("script", sorted(SLICES))

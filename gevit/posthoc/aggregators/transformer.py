@@ -30,7 +30,8 @@ class TransformerAggregator(Aggregator):
                "normalisation": "softmax attention; pre-norm layers + final LayerNorm", "estimator": "backprop",
                "difference": "not the original's blocks (`transformer_faithful` is): pre-norm encoder layers with "
                              "a GELU MLP, a zero-initialised projection added to the mean, so it starts as "
-                             "`mean` — better than the faithful blocks in our runs (docs)"}
+                             "`mean` (safe to train from a zero-shot start); on par with the faithful blocks "
+                             "in our one-seed run (docs)"}
 
     def __init__(self, embed_dim: int, width: Optional[int] = None, depth: int = 2, num_heads: int = 4,
                  mlp_hidden_dim: int = 128, dropout: float = 0.1):
