@@ -30,13 +30,14 @@ import torch.nn as nn
 from gevit.groups import get_group
 from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
 from gevit.layers.common import per_item
-from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention
+from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention, PositionMLP
 from gevit.registry import register_model
 
 log = logging.getLogger(__name__)
 
 SPATIAL_POOLINGS = ("sum", "mean", "max")
 GROUP_POOLINGS = ("max", "mean")
+POSITION_BIAS_INITS = ("zero", "uniform")
 
 
 class GroupTransformer(nn.Module):
@@ -49,6 +50,12 @@ class GroupTransformer(nn.Module):
         encoding: ``gevit`` (exactly equivariant) or ``gsanet`` (the GSA-Nets encoding).
         crop_per_layer: pixels cropped on each side after each transformer layer (int or one per layer).
         expansion_per_block: channel multiplier at the first layer of each block (int or one per block).
+        zero_init_head: start the 1x1 class map at zero, so every class starts at logit 0 (loss ln K).
+            Off in the official code; on, a from-scratch model starts balanced instead of at a loss of 2.6-4.1.
+        position_bias_init: ``"zero"`` (official) or ``"uniform"``: the first Linear(1, hidden) of every
+            positional MLP gets biases ~ U(-1, 1). With zero biases the centre offset (coordinate 0) maps to
+            the zero vector, whose LayerNorm (eps 1e-12) has a gradient of order 1/sqrt(eps), so from-scratch
+            training of small models diverges or stalls at chance.
     """
 
     def __init__(
@@ -75,6 +82,8 @@ class GroupTransformer(nn.Module):
         spatial_pooling: str = "sum",
         group_pooling: str = "max",
         whitening_scale: float = 1.41421356,
+        zero_init_head: bool = False,
+        position_bias_init: str = "zero",
     ):
         super().__init__()
         if encoding not in ENCODINGS:
@@ -130,15 +139,25 @@ class GroupTransformer(nn.Module):
         self.head = ChannelLinear(channels, num_classes, bias=False)
         self.final_size = size
         self.num_features = channels
-        self._initialise(whitening_scale)
+        self._initialise(whitening_scale, zero_init_head, position_bias_init)
 
-    def _initialise(self, whitening_scale: float) -> None:
-        """Weights ~ N(0, whitening_scale / sqrt(fan_in)), biases 0 (the original initialisation)."""
+    def _initialise(self, whitening_scale: float, zero_init_head: bool = False,
+                    position_bias_init: str = "zero") -> None:
+        """Weights ~ N(0, whitening_scale / sqrt(fan_in)), biases 0 (the original initialisation);
+        then the two optional from-scratch fixes (see the class docstring)."""
+        if position_bias_init not in POSITION_BIAS_INITS:
+            raise ValueError(f"position_bias_init must be one of {POSITION_BIAS_INITS}, got {position_bias_init!r}")
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, whitening_scale / math.sqrt(module.weight.shape[1]))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if zero_init_head:
+            nn.init.zeros_(self.head.weight)
+        if position_bias_init == "uniform":
+            for module in self.modules():
+                if isinstance(module, PositionMLP):
+                    nn.init.uniform_(module.inp.bias, -1.0, 1.0)
 
     def forward_features(self, x: torch.Tensor, return_intermediates: bool = False):
         """(B, C, H, W) -> (B, num_features, |G|, h, w) before the head; with ``return_intermediates``
