@@ -299,24 +299,31 @@ class _GroupAttentionBase(nn.Module):
         rows, cols = self.spatial_tables()
         return torch.cat([rows, cols], dim=-1)
 
-    def fused_attention(self, backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qe: torch.Tensor,
+    def fused_attention(self, backend: str, qkv: torch.Tensor, emb: torch.Tensor,
                         idx: torch.Tensor) -> Optional[torch.Tensor]:
-        """Attention through a fused kernel: q, k, v (B, heads, mid, G_in, H, W) (q already scaled),
-        qe (B, heads, G, N, H, W) group scores, idx (V, G, M) -> (B, C_out, V, H, W) after ``wout``;
-        ``None`` when the factorised normaliser underflows (the caller then runs the eager path)."""
+        """Attention through a fused kernel: qkv (B, 3, heads, mid, G_in, H, W) (q already scaled), emb
+        the group embedding (N, mid - P2) (N = 0: no group term), idx (V, G, M) -> (B, C_out, V, H, W)
+        after ``wout``; ``None`` when the factorised normaliser underflows (the caller then runs eager)."""
         from gevit.layers.kernels import cpu
 
-        b, heads, mid, n_in, height, width = q.shape
-        ptab = self.positional_table().to(q.dtype)
+        b, _, heads, mid, n_in, height, width = qkv.shape
+        ptab = self.positional_table().to(qkv.dtype)
         p_drop = self.attention_dropout if self.training else 0.0
         # two 31-bit seeds from torch's generator: manual_seed makes the in-kernel dropout reproducible
         seeds = tuple(int(s) for s in torch.randint(0, 2 ** 31 - 1, (2,))) if p_drop > 0 else (0, 0)
         try:
             if backend == "cpu":
-                out = self._cpu_attention(q, k, v, ptab, qe, idx, p_drop, seeds)
+                out = cpu.FusedAttention.apply(qkv, ptab, emb.to(qkv.dtype).contiguous(), idx, self.patch_size,
+                                               p_drop, seeds)
             else:
                 from gevit.layers.kernels import triton_attention
 
+                q, k, v = qkv.unbind(1)
+                p2 = ptab.shape[-1]
+                if emb.shape[0]:  # group scores q_g . E(i) for every embedding i (the kernel gathers them)
+                    qe = torch.einsum("bhcgyx,nc->bhgnyx", q[:, :, p2:], emb)
+                else:
+                    qe = qkv.new_zeros(b, heads, 1, 1, height, width)
                 out = triton_attention.fused_attention(q, k, v, ptab, qe, idx, self.patch_size, p_drop, seeds)
         except cpu.NormaliserUnderflow as error:
             log.warning("GE-ViT attention: %s in %s; this call runs on the eager path", error, type(self).__name__)
@@ -332,9 +339,10 @@ class _GroupAttentionBase(nn.Module):
     def _heads_first_columns(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.view(-1, self.mid_channels, self.num_heads).transpose(1, 2).reshape(weight.shape)
 
-    def project_heads_first(self, x: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (scaled by 1/sqrt(C_in)), k, v of x (B, C_in, [G,] H, W) as (B, heads, mid, G_in, H, W): one
-        matmul for the three projections, rows reordered so that its output needs no transpose."""
+    def project_heads_first(self, x: torch.Tensor, n_in: int) -> torch.Tensor:
+        """q (scaled by 1/sqrt(C_in)), k, v of x (B, C_in, [G,] H, W) as one (B, 3, heads, mid, G_in, H, W)
+        tensor: one matmul for the three projections, rows reordered so that its output needs no
+        transpose (the CPU kernel reads it as it is)."""
         b, c = x.shape[:2]
         height, width = x.shape[-2:]
         scale = 1.0 / math.sqrt(c)
@@ -344,8 +352,7 @@ class _GroupAttentionBase(nn.Module):
                           self._heads_first_rows(self.key.bias.view(-1, 1)).view(-1),
                           self._heads_first_rows(self.value.bias.view(-1, 1)).view(-1)])
         qkv = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), x.reshape(b, c, -1))
-        qkv = qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width)
-        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        return qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width)
 
     def _fused_index(self, make, device) -> torch.Tensor:
         """The (V, G, M) group-embedding indices as int32 on ``device`` (cached)."""
@@ -353,21 +360,6 @@ class _GroupAttentionBase(nn.Module):
         if cached is None or cached.device != device:
             cached = self._fused_idx = make().to(device=device, dtype=torch.int32).contiguous()
         return cached
-
-    def _cpu_attention(self, q, k, v, ptab, qe, idx, p_drop, seeds):
-        from gevit.layers.kernels import cpu
-
-        b, heads, mid, n_in, height, width = q.shape
-        r = self.patch_size // 2
-        extra = -width % cpu.TILE
-        # widths padded to whole vector tiles; keys/values zero-padded by r for the shifted-row reads
-        qp = F.pad(q, (0, extra)).reshape(b * heads, mid, n_in, height, width + extra)
-        kp = F.pad(k, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r)
-        vp = F.pad(v, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r)
-        qe = F.pad(qe, (0, extra)).reshape(b * heads, *qe.shape[2:4], height, width + extra)
-        out = cpu.FusedAttention.apply(qp.contiguous(), kp.contiguous(), vp.contiguous(), ptab.contiguous(),
-                                       qe.contiguous(), idx, width, p_drop, seeds)
-        return out[..., :width].reshape(b, heads, mid, -1, height, width)
 
 
 class LiftingSelfAttention(_GroupAttentionBase):
@@ -402,10 +394,9 @@ class LiftingSelfAttention(_GroupAttentionBase):
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
         b, _, height, width = x.shape
         n = self.group.order
-        q, k, v = self.project_heads_first(x, 1)
-        qe = x.new_zeros(b, self.num_heads, 1, 1, height, width)  # no group term
+        qkv = self.project_heads_first(x, 1)
         idx = self._fused_index(lambda: torch.zeros(n, 1, 1, dtype=torch.int32), x.device)
-        return self.fused_attention(backend, q, k, v, qe, idx)
+        return self.fused_attention(backend, qkv, x.new_zeros(0, 0), idx)  # no group term
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""
@@ -472,12 +463,9 @@ class GroupSelfAttention(_GroupAttentionBase):
         return self.forward_eager(x, return_attention)
 
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
-        n, p = x.shape[2], self.pos_channels
-        q, k, v = self.project_heads_first(x, n)
-        # group scores q_g . E(i) for every embedding i (tiny); the kernel gathers E(idx(v, g, m))
-        qe = torch.einsum("bhcgyx,nc->bhgnyx", q[:, :, 2 * p:], self.group_embedding.weight)
+        qkv = self.project_heads_first(x, x.shape[2])
         idx = self._fused_index(lambda: self.group_indices, x.device)
-        return self.fused_attention(backend, q, k, v, qe, idx)
+        return self.fused_attention(backend, qkv, self.group_embedding.weight, idx)
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""

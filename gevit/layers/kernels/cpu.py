@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "group_attention.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-DAT_PARALLEL_OPENMP=1"]
-TILE = 16  # query positions per vector tile (the kernel's TX); widths are padded to a multiple of it
+TILE = 16  # query positions per vector tile (the kernel's TX); rows are padded to a multiple of it inside
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -85,22 +85,24 @@ def build_error() -> Optional[str]:
 
 
 class FusedAttention(torch.autograd.Function):
-    """out (BH, C, V, H, Wq) = fused attention of padded q, k, v (see the C++ file for layouts)."""
+    """out (B, heads, C, V, H, W) = fused attention of qkv (B, 3, heads, C, G, H, W) (q scaled), the
+    positional table ptab (V, k*k, P2), the group embedding emb (N, C - P2) (N = 0: no group term) and
+    the index table idx (V, G, M) int32, for a k x k neighbourhood (see the C++ file for the math)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, ptab, qe, idx, width: int, p_drop: float, seeds: tuple[int, int]):
+    def forward(ctx, qkv, ptab, emb, idx, kernel: int, p_drop: float, seeds: tuple[int, int]):
         module = load()
-        out, bad = module.forward(q, k, v, ptab, qe, idx, width, p_drop, seeds[0], seeds[1])
+        out, bad = module.forward(qkv, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
         if bad.item():
             raise NormaliserUnderflow(f"{bad.item()} factorised normalisers underflowed")
-        ctx.save_for_backward(q, k, v, ptab, qe, idx)
-        ctx.meta = (width, p_drop, seeds)
+        ctx.save_for_backward(qkv, ptab, emb, idx)
+        ctx.meta = (kernel, p_drop, seeds)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        q, k, v, ptab, qe, idx = ctx.saved_tensors
-        width, p_drop, seeds = ctx.meta
-        dq, dk, dv, dptab, dqe = load().backward(grad, q, k, v, ptab, qe, idx, width, p_drop, seeds[0], seeds[1])
-        return dq, dk, dv, dptab, dqe, None, None, None, None
+        qkv, ptab, emb, idx = ctx.saved_tensors
+        kernel, p_drop, seeds = ctx.meta
+        dqkv, dptab, demb = load().backward(grad, qkv, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
+        return dqkv, dptab, demb, None, None, None, None

@@ -19,12 +19,16 @@
 // (A = 1, S = exp(logit - max), W = 1/Z), which cannot underflow (trained weights do trip the
 // factorised guard there).
 //
-// Layouts (all contiguous; W padded up to Wq, a multiple of TX, with zeros):
-//   q    [BH][C][G][H][Wq]        k, v [BH][C][M][H+2r][Wq+2r]   (zero padded by r = K/2)
-//   ptab [V][K2][P2]              qe   [BH][G][N][H][Wq]          idx [V][G][M] (int32)
-//   out  [BH][C][V][H][Wq]
-// Vectorised over TX consecutive query positions of one image row; keys and values are read as
-// shifted rows of the padded projections (no window copies). Threads: at::parallel_for (torch's pool).
+// Inputs are the layers' own tensors, unpadded: qkv [B][3][heads][C][G][H][W] (q scaled, k, v: the
+// output of their one projection matmul), ptab [V][K2][P2], emb [N][C-P2] (the group embedding; N = 0
+// for the lifting layer), idx [V][G][M] (int32); out [B][heads][C][V][H][W]. One task per
+// (batch x head): it copies its q, k, v into thread-local buffers padded with zeros (q to whole vector
+// tiles of TX positions, k and v by r = K/2 on every side, a few hundred KB that stay in cache), computes
+// its group scores qe[g][n] = q_g[P2:] . emb[n] there, and writes its rows of out (and of the gradients)
+// back unpadded: no padded copy, zero-fill or slice of any full-size tensor outside the kernel. Inside a
+// task the work is vectorised over TX consecutive query positions of one image row; keys and values are
+// read as shifted rows of the padded buffers (no window copies). Threads: at::parallel_for (torch's
+// pool); a head's gradients of k, v, ptab and emb are its own task's, so the backward needs no atomics.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -128,7 +132,7 @@ inline U32 mix32(U32 x) {
 }
 
 struct Dims {
-  int64_t BH, C, G, M, V, N, H, W, Wq, K, K2, P2, Hp, Wp;
+  int64_t B, heads, BH, C, G, M, V, N, CE, H, W, Wq, K, K2, P2, Hp, Wp;
 };
 
 template <typename T>
@@ -162,9 +166,8 @@ struct Attention {
   double p_drop;
   uint32_t seed0, seed1;
 
-  int64_t krow(int64_t bh, int64_t ch, int64_t m, int64_t yy) const {
-    return (((bh * d.C + ch) * d.M + m) * d.Hp + yy) * d.Wp;
-  }
+  // rows of the task's padded buffers (q, k, v, qe point into them; `bh` only keys the dropout counter)
+  int64_t krow(int64_t ch, int64_t m, int64_t yy) const { return ((ch * d.M + m) * d.Hp + yy) * d.Wp; }
 
   // A, S, W, Pd (and D) of the tile (bh, row y, positions x0 .. x0+TX). Returns the number of lanes
   // whose factorised normaliser underflowed.
@@ -186,7 +189,7 @@ struct Attention {
       }
     }
     for (int64_t ch = 0; ch < C; ++ch)
-      for (int64_t g = 0; g < G; ++g) b.qt[ch * G + g] = loadu(q + (((bh * C + ch) * G + g) * H + y) * d.Wq + x0);
+      for (int64_t g = 0; g < G; ++g) b.qt[ch * G + g] = loadu(q + ((ch * G + g) * H + y) * d.Wq + x0);
     // content -> A = exp(c - max_j c); each key row is loaded once for all query elements g
     for (int64_t m = 0; m < M; ++m) {
       V* cm = b.gacc.data();
@@ -197,7 +200,7 @@ struct Attention {
           V* acc = b.gacc.data() + G;
           for (int64_t g = 0; g < G; ++g) acc[g] = V{};
           for (int64_t ch = 0; ch < C; ++ch) {
-            const V kv = loadu(k + krow(bh, ch, m, y + a) + x0 + c);
+            const V kv = loadu(k + krow(ch, m, y + a) + x0 + c);
             const V* qc = &b.qt[ch * G];
             for (int64_t g = 0; g < G; ++g) acc[g] += qc[g] * kv;
           }
@@ -260,7 +263,7 @@ struct Attention {
             V Tv = {};
             for (int64_t j = 0; j < K2; ++j) Tv += Sgv[j] * Agm[j];
             b.Tm[m] = Tv;
-            const T* er = qe + (((bh * G + g) * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
+            const T* er = qe + ((g * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
             const V u = loadu(er) + b.cmax[g * M + m] + sm;
             b.U[m] = u;
             umax = vmax(umax, u);
@@ -307,37 +310,37 @@ struct Attention {
     return static_cast<int64_t>(hsum(bad));
   }
 
-  void output(Buffers<T>& b, T* out, int64_t bh, int64_t y, int64_t x0) const {
+  void output(Buffers<T>& b, T* out, int64_t y, int64_t x0) const {
     const int64_t C = d.C, M = d.M, Vn = d.V, K = d.K, K2 = d.K2;
     V* acc = b.vacc.data();
     for (int64_t ch = 0; ch < C; ++ch) {
       for (int64_t vv = 0; vv < Vn; ++vv) acc[vv] = V{};
       for (int64_t m = 0; m < M; ++m) {
         for (int64_t a = 0; a < K; ++a) {
-          const T* vr = v + krow(bh, ch, m, y + a) + x0;
+          const T* vr = v + krow(ch, m, y + a) + x0;
           for (int64_t c = 0; c < K; ++c) {
             const V val = loadu(vr + c);  // each value row loaded once for all output elements
             for (int64_t vv = 0; vv < Vn; ++vv) acc[vv] += b.Pd[(vv * M + m) * K2 + a * K + c] * val;
           }
         }
       }
-      for (int64_t vv = 0; vv < Vn; ++vv) storeu(out + (((bh * C + ch) * Vn + vv) * d.H + y) * d.Wq + x0, acc[vv]);
+      for (int64_t vv = 0; vv < Vn; ++vv) storeu(out + ((ch * Vn + vv) * d.H + y) * d.Wq + x0, acc[vv]);
     }
   }
 
-  void backward_tile(Buffers<T>& b, const T* dout, T* dq, T* dk, T* dv, T* /*dptab*/, T* dqe, int64_t bh, int64_t y,
-                     int64_t x0) const {
+  // dout, dq, dk, dv, dqe: the task's padded buffers (same layouts as q, k, v, qe; out for dout)
+  void backward_tile(Buffers<T>& b, const T* dout, T* dq, T* dk, T* dv, T* dqe, int64_t y, int64_t x0) const {
     const int64_t C = d.C, G = d.G, M = d.M, Vn = d.V, K = d.K, K2 = d.K2, P2 = d.P2, H = d.H;
     for (int64_t ch = 0; ch < C; ++ch)
       for (int64_t vv = 0; vv < Vn; ++vv)
-        b.dOt[ch * Vn + vv] = loadu(dout + (((bh * C + ch) * Vn + vv) * H + y) * d.Wq + x0);
+        b.dOt[ch * Vn + vv] = loadu(dout + ((ch * Vn + vv) * H + y) * d.Wq + x0);
     // dP = D * (dO . val);  dval += Pd * dO
     std::fill(b.dP.begin(), b.dP.end(), V{});
     for (int64_t ch = 0; ch < C; ++ch) {
       const V* dO = &b.dOt[ch * Vn];
       for (int64_t m = 0; m < M; ++m) {
         for (int64_t a = 0; a < K; ++a) {
-          const int64_t row = krow(bh, ch, m, y + a) + x0;
+          const int64_t row = krow(ch, m, y + a) + x0;
           for (int64_t c = 0; c < K; ++c) {
             const int64_t j = a * K + c;
             const V val = loadu(v + row + c);
@@ -388,8 +391,10 @@ struct Attention {
             dsgv[j] += dl;
             de += dl;
           }
-          T* der = dqe + (((bh * G + g) * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
-          storeu(der, loadu(der) + de);
+          if (d.N > 0) {
+            T* der = dqe + ((g * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
+            storeu(der, loadu(der) + de);
+          }
         }
       }
     }
@@ -400,7 +405,7 @@ struct Attention {
       for (int64_t g = 0; g < G; ++g) dqacc[g] = V{};
       for (int64_t m = 0; m < M; ++m) {
         for (int64_t a = 0; a < K; ++a) {
-          const int64_t row = krow(bh, ch, m, y + a) + x0;
+          const int64_t row = krow(ch, m, y + a) + x0;
           for (int64_t c = 0; c < K; ++c) {
             const int64_t j = a * K + c;
             const V kv = loadu(k + row + c);
@@ -422,7 +427,7 @@ struct Attention {
             for (int64_t j = 0; j < K2; ++j) acc += dsgv[j] * ptab[(vv * K2 + j) * P2 + ch];
           }
         }
-        storeu(dq + (((bh * C + ch) * G + g) * H + y) * d.Wq + x0, acc);  // each query tile once
+        storeu(dq + ((ch * G + g) * H + y) * d.Wq + x0, acc);  // each query tile once
       }
     }
     // dptab: lane-wise partial sums, reduced across lanes once per (batch x head) by the caller
@@ -436,28 +441,35 @@ struct Attention {
   }
 };
 
-Dims make_dims(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& ptab, const torch::Tensor& qe,
-               const torch::Tensor& idx, int64_t width) {
+Dims make_dims(const torch::Tensor& qkv, const torch::Tensor& ptab, const torch::Tensor& emb,
+               const torch::Tensor& idx, int64_t kernel) {
+  TORCH_CHECK(qkv.dim() == 7 && qkv.size(1) == 3, "qkv must be (B, 3, heads, C, G, H, W)");
+  TORCH_CHECK(kernel % 2 == 1 && kernel >= 1, "the neighbourhood side must be odd");
   Dims d;
-  d.BH = q.size(0);
-  d.C = q.size(1);
-  d.G = q.size(2);
-  d.H = q.size(3);
-  d.Wq = q.size(4);
-  d.W = width;
-  d.M = k.size(2);
-  d.Hp = k.size(3);
-  d.Wp = k.size(4);
-  d.K = d.Hp - d.H + 1;
+  d.B = qkv.size(0);
+  d.heads = qkv.size(2);
+  d.BH = d.B * d.heads;
+  d.C = qkv.size(3);
+  d.G = d.M = qkv.size(4);
+  d.H = qkv.size(5);
+  d.W = qkv.size(6);
+  d.Wq = (d.W + TX - 1) / TX * TX;
+  d.K = kernel;
   d.K2 = d.K * d.K;
+  d.Hp = d.H + d.K - 1;
+  d.Wp = d.Wq + d.K - 1;
   d.V = ptab.size(0);
   d.P2 = ptab.size(2);
-  d.N = qe.size(2);
-  TORCH_CHECK(d.Wq % TX == 0, "query width must be padded to a multiple of ", TX);
-  TORCH_CHECK(d.Wp == d.Wq + d.K - 1 && d.K % 2 == 1, "keys must be padded by K//2 on every side");
-  TORCH_CHECK(ptab.size(1) == d.K2 && d.P2 <= d.C, "bad positional table shape");
-  TORCH_CHECK(idx.size(0) == d.V && idx.size(1) == d.G && idx.size(2) == d.M, "bad group index table shape");
-  TORCH_CHECK(qe.size(0) == d.BH && qe.size(1) == d.G && qe.size(3) == d.H && qe.size(4) == d.Wq, "bad qe shape");
+  d.N = emb.size(0);
+  d.CE = d.C - d.P2;
+  TORCH_CHECK(ptab.dim() == 3 && ptab.size(1) == d.K2 && d.P2 <= d.C, "bad positional table shape");
+  TORCH_CHECK(idx.dim() == 3 && idx.size(0) == d.V && idx.size(1) == d.G && idx.size(2) == d.M,
+              "bad group index table shape");
+  TORCH_CHECK(d.N == 0 ? !(d.G > 1) : (emb.dim() == 2 && emb.size(1) == d.CE), "bad group embedding shape");
+  if (d.N > 0) {
+    const auto lo = idx.min().item<int32_t>(), hi = idx.max().item<int32_t>();
+    TORCH_CHECK(lo >= 0 && hi < d.N, "group index out of range of the embedding");
+  }
   return d;
 }
 
@@ -466,17 +478,56 @@ void check(const torch::Tensor& t, const char* name, at::ScalarType dtype) {
               " must be a contiguous CPU tensor of the query's dtype");
 }
 
+// One task's padded copies of its head (see the top of the file) and, for the backward, their gradients.
+template <typename T>
+struct Local {
+  const Dims& d;
+  std::vector<T> q, k, v, qe, out, dq, dk, dv, dqe;
+  Local(const Dims& dims, bool backward)
+      : d(dims), q(d.C * d.G * d.H * d.Wq), k(d.C * d.M * d.Hp * d.Wp), v(k.size()), qe(d.G * d.N * d.H * d.Wq),
+        out(d.C * d.V * d.H * d.Wq) {
+    if (backward) {
+      dq.resize(q.size()), dk.resize(k.size()), dv.resize(k.size()), dqe.resize(qe.size());
+    }
+  }
+  // q, k, v of head `bh` into the padded buffers (their padding was zeroed at allocation and is never
+  // written), then the group scores qe[g][n] = q_g[P2:] . emb[n]
+  void load(const T* qkv, const T* emb, int64_t bh) {
+    const int64_t b = bh / d.heads, h = bh % d.heads, r = d.K / 2, plane = d.C * d.G * d.H * d.W;
+    const T* src[3] = {qkv + ((b * 3 + 0) * d.heads + h) * plane, qkv + ((b * 3 + 1) * d.heads + h) * plane,
+                       qkv + ((b * 3 + 2) * d.heads + h) * plane};
+    for (int64_t row = 0; row < d.C * d.G * d.H; ++row) {
+      std::memcpy(&q[row * d.Wq], src[0] + row * d.W, d.W * sizeof(T));
+      const int64_t cg = row / d.H, y = row % d.H;
+      const int64_t dst = (cg * d.Hp + y + r) * d.Wp + r;
+      std::memcpy(&k[dst], src[1] + row * d.W, d.W * sizeof(T));
+      std::memcpy(&v[dst], src[2] + row * d.W, d.W * sizeof(T));
+    }
+    const int64_t hw = d.H * d.Wq;
+    for (int64_t g = 0; g < d.G; ++g)
+      for (int64_t n = 0; n < d.N; ++n) {
+        T* e = &qe[(g * d.N + n) * hw];
+        std::fill(e, e + hw, T(0));
+        for (int64_t c = 0; c < d.CE; ++c) {
+          const T w = emb[n * d.CE + c];
+          const T* qc = &q[((d.P2 + c) * d.G + g) * hw];
+          for (int64_t i = 0; i < hw; ++i) e[i] += w * qc[i];
+        }
+      }
+  }
+};
+
+// rows of a padded [rows][Wq] buffer -> an unpadded [rows][W] tensor
+template <typename T> void store_rows(T* dst, const T* src, int64_t rows, int64_t W, int64_t Wq) {
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * W, src + i * Wq, W * sizeof(T));
+}
+
 template <typename scalar_t>
-Attention<scalar_t> make_attention(const Dims& d, const torch::Tensor& q, const torch::Tensor& k,
-                                   const torch::Tensor& v, const torch::Tensor& ptab, const torch::Tensor& qe,
-                                   const torch::Tensor& idx, double p_drop, int64_t seed0, int64_t seed1) {
+Attention<scalar_t> make_attention(const Dims& d, const torch::Tensor& ptab, const torch::Tensor& idx, double p_drop,
+                                   int64_t seed0, int64_t seed1) {
   Attention<scalar_t> att;
   att.d = d;
-  att.q = q.data_ptr<scalar_t>();
-  att.k = k.data_ptr<scalar_t>();
-  att.v = v.data_ptr<scalar_t>();
   att.ptab = ptab.data_ptr<scalar_t>();
-  att.qe = qe.data_ptr<scalar_t>();
   att.idx = idx.data_ptr<int32_t>();
   att.dropout = p_drop > 0;
   att.p_drop = p_drop;
@@ -485,29 +536,37 @@ Attention<scalar_t> make_attention(const Dims& d, const torch::Tensor& q, const 
   return att;
 }
 
-std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ptab,
-                                   torch::Tensor qe, torch::Tensor idx, int64_t width, double p_drop, int64_t seed0,
-                                   int64_t seed1) {
-  const auto dtype = q.scalar_type();
+template <typename scalar_t> void point_at(Attention<scalar_t>& att, const Local<scalar_t>& l) {
+  att.q = l.q.data(), att.k = l.k.data(), att.v = l.v.data(), att.qe = l.qe.data();
+}
+
+std::vector<torch::Tensor> forward(torch::Tensor qkv, torch::Tensor ptab, torch::Tensor emb, torch::Tensor idx,
+                                   int64_t kernel, double p_drop, int64_t seed0, int64_t seed1) {
+  const auto dtype = qkv.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fused group attention supports float32/float64");
-  check(q, "q", dtype), check(k, "k", dtype), check(v, "v", dtype), check(ptab, "ptab", dtype), check(qe, "qe", dtype);
+  check(qkv, "qkv", dtype), check(ptab, "ptab", dtype), check(emb, "emb", dtype);
   TORCH_CHECK(idx.scalar_type() == at::kInt && idx.is_contiguous(), "idx must be contiguous int32");
-  TORCH_CHECK(k.sizes() == v.sizes(), "keys and values must have the same shape");
-  const Dims d = make_dims(q, k, ptab, qe, idx, width);
-  auto out = torch::empty({d.BH, d.C, d.V, d.H, d.Wq}, q.options());
+  const Dims d = make_dims(qkv, ptab, emb, idx, kernel);
+  auto out = torch::empty({d.B, d.heads, d.C, d.V, d.H, d.W}, qkv.options());
   std::atomic<int64_t> bad{0};
   AT_DISPATCH_FLOATING_TYPES(dtype, "gevit_fused_attention_forward", [&] {
-    const auto att = make_attention<scalar_t>(d, q, k, v, ptab, qe, idx, p_drop, seed0, seed1);
+    auto att = make_attention<scalar_t>(d, ptab, idx, p_drop, seed0, seed1);
+    const scalar_t *x = qkv.data_ptr<scalar_t>(), *e = emb.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, d.BH * d.H, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, d.BH, 1, [&](int64_t begin, int64_t end) {
       Buffers<scalar_t> b(d, att.dropout, false);
+      Local<scalar_t> l(d, false);
+      auto task = att;
+      point_at(task, l);
       int64_t local_bad = 0;
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t bh = item / d.H, y = item % d.H;
-        for (int64_t x0 = 0; x0 < d.Wq; x0 += TX) {
-          local_bad += att.probabilities(b, bh, y, x0);
-          att.output(b, o, bh, y, x0);
-        }
+      for (int64_t bh = begin; bh < end; ++bh) {
+        l.load(x, e, bh);
+        for (int64_t y = 0; y < d.H; ++y)
+          for (int64_t x0 = 0; x0 < d.Wq; x0 += TX) {
+            local_bad += task.probabilities(b, bh, y, x0);
+            task.output(b, l.out.data(), y, x0);
+          }
+        store_rows(o + bh * d.C * d.V * d.H * d.W, l.out.data(), d.C * d.V * d.H, d.W, d.Wq);
       }
       bad += local_bad;
     });
@@ -515,35 +574,73 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tens
   return {out, torch::tensor(bad.load(), torch::kLong)};
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                    torch::Tensor ptab, torch::Tensor qe, torch::Tensor idx, int64_t width,
-                                    double p_drop, int64_t seed0, int64_t seed1) {
-  const auto dtype = q.scalar_type();
+std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch::Tensor ptab, torch::Tensor emb,
+                                    torch::Tensor idx, int64_t kernel, double p_drop, int64_t seed0, int64_t seed1) {
+  const auto dtype = qkv.scalar_type();
   dout = dout.contiguous();
   check(dout, "grad", dtype);
-  const Dims d = make_dims(q, k, ptab, qe, idx, width);
-  auto dq = torch::empty_like(q), dk = torch::zeros_like(k), dv = torch::zeros_like(v), dqe = torch::zeros_like(qe);
-  auto dptab = torch::zeros({d.BH, d.V, d.K2, d.P2}, q.options());
+  const Dims d = make_dims(qkv, ptab, emb, idx, kernel);
+  auto dqkv = torch::empty_like(qkv);
+  auto dptab = torch::empty({d.BH, d.V, d.K2, d.P2}, qkv.options());
+  auto demb = torch::empty({d.BH, d.N, d.CE}, qkv.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "gevit_fused_attention_backward", [&] {
-    const auto att = make_attention<scalar_t>(d, q, k, v, ptab, qe, idx, p_drop, seed0, seed1);
-    const scalar_t* g = dout.data_ptr<scalar_t>();
-    scalar_t *pq = dq.data_ptr<scalar_t>(), *pk = dk.data_ptr<scalar_t>(), *pv = dv.data_ptr<scalar_t>();
-    scalar_t *pp = dptab.data_ptr<scalar_t>(), *pe = dqe.data_ptr<scalar_t>();
+    using V = Vec<scalar_t>;
+    auto att = make_attention<scalar_t>(d, ptab, idx, p_drop, seed0, seed1);
+    const scalar_t *x = qkv.data_ptr<scalar_t>(), *e = emb.data_ptr<scalar_t>(), *g = dout.data_ptr<scalar_t>();
+    scalar_t *pg = dqkv.data_ptr<scalar_t>(), *pp = dptab.data_ptr<scalar_t>(), *pe = demb.data_ptr<scalar_t>();
+    const int64_t hw = d.H * d.Wq, r = d.K / 2, plane = d.C * d.G * d.H * d.W;
     // one (batch, head) per task: keys/values of a head are its own, so the scatter needs no atomics
     at::parallel_for(0, d.BH, 1, [&](int64_t begin, int64_t end) {
       Buffers<scalar_t> b(d, att.dropout, true);
+      Local<scalar_t> l(d, true);
+      auto task = att;
+      point_at(task, l);
       for (int64_t bh = begin; bh < end; ++bh) {
-        std::fill(b.dpt.begin(), b.dpt.end(), Vec<scalar_t>{});
+        l.load(x, e, bh);
+        // the incoming gradient padded to whole tiles (l.out's padding lanes stay zero)
+        const scalar_t* go = g + bh * d.C * d.V * d.H * d.W;
+        for (int64_t row = 0; row < d.C * d.V * d.H; ++row)
+          std::memcpy(&l.out[row * d.Wq], go + row * d.W, d.W * sizeof(scalar_t));
+        std::fill(l.dk.begin(), l.dk.end(), scalar_t(0));
+        std::fill(l.dv.begin(), l.dv.end(), scalar_t(0));
+        std::fill(l.dqe.begin(), l.dqe.end(), scalar_t(0));
+        std::fill(b.dpt.begin(), b.dpt.end(), V{});
         for (int64_t y = 0; y < d.H; ++y)
           for (int64_t x0 = 0; x0 < d.Wq; x0 += TX) {
-            att.probabilities(b, bh, y, x0);
-            att.backward_tile(b, g, pq, pk, pv, pp, pe, bh, y, x0);
+            task.probabilities(b, bh, y, x0);
+            task.backward_tile(b, l.out.data(), l.dq.data(), l.dk.data(), l.dv.data(), l.dqe.data(), y, x0);
           }
         for (size_t i = 0; i < b.dpt.size(); ++i) pp[bh * b.dpt.size() + i] = hsum(b.dpt[i]);
+        // group scores -> dq (their channels P2..C) and demb (padding lanes of dqe are zero)
+        for (int64_t n = 0; n < d.N; ++n)
+          for (int64_t c = 0; c < d.CE; ++c) {
+            const scalar_t w = e[n * d.CE + c];
+            scalar_t acc = 0;
+            for (int64_t gg = 0; gg < d.G; ++gg) {
+              const scalar_t* de = &l.dqe[(gg * d.N + n) * hw];
+              const scalar_t* qc = &l.q[((d.P2 + c) * d.G + gg) * hw];
+              scalar_t* dqc = &l.dq[((d.P2 + c) * d.G + gg) * hw];
+              for (int64_t i = 0; i < hw; ++i) {
+                dqc[i] += w * de[i];
+                acc += de[i] * qc[i];
+              }
+            }
+            pe[(bh * d.N + n) * d.CE + c] = acc;
+          }
+        const int64_t bb = bh / d.heads, h = bh % d.heads;
+        scalar_t* dst[3] = {pg + ((bb * 3 + 0) * d.heads + h) * plane, pg + ((bb * 3 + 1) * d.heads + h) * plane,
+                            pg + ((bb * 3 + 2) * d.heads + h) * plane};
+        for (int64_t row = 0; row < d.C * d.G * d.H; ++row) {
+          std::memcpy(dst[0] + row * d.W, &l.dq[row * d.Wq], d.W * sizeof(scalar_t));
+          const int64_t cg = row / d.H, y = row % d.H;
+          const int64_t src = (cg * d.Hp + y + r) * d.Wp + r;
+          std::memcpy(dst[1] + row * d.W, &l.dk[src], d.W * sizeof(scalar_t));
+          std::memcpy(dst[2] + row * d.W, &l.dv[src], d.W * sizeof(scalar_t));
+        }
       }
     });
   });
-  return {dq, dk, dv, dptab.sum(0), dqe};
+  return {dqkv, dptab.sum(0), demb.sum(0)};
 }
 
 }  // namespace
