@@ -119,8 +119,8 @@ inline Vec<double> vexp(Vec<double> x) {
   return under ? Vec<double>{} : result;
 }
 
-// Counter-based generator (a 32-bit integer hash applied twice, keyed by two seeds drawn from torch's
-// RNG per call): the keep decision of element `index` is a pure function of (seeds, index), so the
+// Counter-based generator (a 32-bit integer hash of the element's counter keyed by two seeds drawn from
+// torch's RNG per call; its two 16-bit halves serve two neighbours): the keep decision of element `index` is a pure function of (seeds, index), so the
 // backward pass regenerates the forward's mask without storing it.
 inline U32 mix32(U32 x) {
   x ^= x >> 16;
@@ -138,16 +138,17 @@ struct Dims {
 template <typename T>
 struct Buffers {
   using V = Vec<T>;
-  std::vector<V> qt, A, cmax, S, smax, Wt, Pd, D, valid, Tm, U, gacc, vacc;
-  std::vector<V> dOt, dP, r, dc, ds, dpt, dqacc;
+  std::vector<V> qt, A, cmax, S, smax, Wt, Pd, D, valid, Tm, Tall, U, gacc, vacc;
+  std::vector<V> dOt, dP, r, X, dc, ds, dpt, dqacc;
   Buffers(const Dims& d, bool dropout, bool backward)
       : qt(d.C * d.G), A(d.G * d.M * d.K2), cmax(d.G * d.M), S(d.G * d.V * d.K2), smax(d.G * d.V),
-        Wt(d.G * d.V * d.M), Pd(d.V * d.M * d.K2), D(dropout ? d.V * d.M * d.K2 : 0), valid(d.K2), Tm(d.M), U(d.M),
+        Wt(d.G * d.V * d.M), Pd(d.V * d.M * d.K2), D(dropout ? d.V * d.M * d.K2 : 0), valid(d.K2), Tm(d.M), Tall(d.G * d.V * d.M), U(d.M),
         gacc(2 * d.G), vacc(d.V) {
     if (backward) {
       dOt.resize(d.C * d.V);
       dP.resize(d.V * d.M * d.K2);
       r.resize(d.G * d.V);
+      X.resize(d.G * d.V * d.M);
       dc.resize(d.G * d.M * d.K2);
       ds.resize(d.G * d.V * d.K2);
       dpt.resize(d.V * d.K2 * d.P2);
@@ -263,6 +264,7 @@ struct Attention {
             V Tv = {};
             for (int64_t j = 0; j < K2; ++j) Tv += Sgv[j] * Agm[j];
             b.Tm[m] = Tv;
+            b.Tall[(g * Vn + vv) * M + m] = Tv;
             const T* er = qe + ((g * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
             const V u = loadu(er) + b.cmax[g * M + m] + sm;
             b.U[m] = u;
@@ -279,8 +281,10 @@ struct Attention {
       }
     }
     // summed probabilities (then dropout)
-    const T keep_scale = dropout ? T(1.0 / (1.0 - p_drop)) : T(1);
-    const U32 threshold = U32{} + static_cast<uint32_t>(p_drop * 16777216.0);
+    // 16-bit keep decisions; the scale matches the quantised keep probability exactly
+    const uint32_t drop16 = static_cast<uint32_t>(p_drop * 65536.0 + 0.5);
+    const U32 threshold = U32{} + drop16;
+    const T keep_scale = dropout ? T(65536.0 / (65536.0 - drop16)) : T(1);
     U32 lane;
     for (int t = 0; t < TX; ++t) lane[t] = t;
     for (int64_t vv = 0; vv < Vn; ++vv) {
@@ -295,14 +299,21 @@ struct Attention {
         }
         if (dropout) {
           V* Dr = &b.D[(vv * M + m) * K2];
-          for (int64_t j = 0; j < K2; ++j) {
-            const uint64_t base = ((((static_cast<uint64_t>(bh) * Vn + vv) * M + m) * K2 + j) * H + y) * W + x0;
+          // one hash per two neighbours: its low and high 16 bits decide j and j + 1
+          const int64_t pairs = (K2 + 1) / 2;
+          for (int64_t jp = 0; jp < pairs; ++jp) {
+            const uint64_t base = ((((static_cast<uint64_t>(bh) * Vn + vv) * M + m) * pairs + jp) * H + y) * W + x0;
             const U32 lo = lane + static_cast<uint32_t>(base);
             const U32 hi = U32{} + (static_cast<uint32_t>(base >> 32) * 0x9e3779b9U ^ seed1);
-            const U32 bits = mix32(mix32(lo ^ seed0) + hi) >> 8;
-            const V keep = __builtin_convertvector(bits >= threshold, V);  // -1 (keep) or 0
-            Dr[j] = keep * (-keep_scale);
-            P[j] *= Dr[j];
+            const U32 bits = mix32((lo ^ seed0) + hi);
+            for (int64_t half = 0; half < 2; ++half) {
+              const int64_t j = 2 * jp + half;
+              if (j >= K2) break;
+              const U32 part = half ? bits >> 16 : bits & 0xffffU;
+              const V keep = __builtin_convertvector(part >= threshold, V);  // -1 (keep) or 0
+              Dr[j] = keep * (-keep_scale);
+              P[j] *= Dr[j];
+            }
           }
         }
       }
@@ -356,7 +367,7 @@ struct Attention {
     }
     if (dropout)
       for (size_t i = 0; i < b.dP.size(); ++i) b.dP[i] *= b.D[i];
-    // r[g,v] = sum_{m,j} P dP
+    // X[g,v,m] = sum_j A S dP and r[g,v] = sum_m W X = sum_{m,j} P dP
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t vv = 0; vv < Vn; ++vv) {
         const V* Sgv = &b.S[(g * Vn + vv) * K2];
@@ -366,32 +377,39 @@ struct Attention {
           const V* dP = &b.dP[(vv * M + m) * K2];
           V acc = {};
           for (int64_t j = 0; j < K2; ++j) acc += Agm[j] * Sgv[j] * dP[j];
+          b.X[(g * Vn + vv) * M + m] = acc;
           rr += b.Wt[(g * Vn + vv) * M + m] * acc;
         }
         b.r[g * Vn + vv] = rr;
       }
     }
-    // dlogit = P (dP - r), summed into the content (dc), spatial (ds) and group (dqe) terms
-    std::fill(b.dc.begin(), b.dc.end(), V{});
-    std::fill(b.ds.begin(), b.ds.end(), V{});
+    // dlogit = W A S (dP - r), summed into the content (dc: over v), spatial (ds: over m) and group
+    // (over j: W (X - r T)) terms, each accumulated in registers and stored once
     for (int64_t g = 0; g < G; ++g) {
+      for (int64_t m = 0; m < M; ++m) {
+        const V* Agm = &b.A[(g * M + m) * K2];
+        V* dcgm = &b.dc[(g * M + m) * K2];
+        for (int64_t j = 0; j < K2; ++j) {
+          V acc = {};
+          for (int64_t vv = 0; vv < Vn; ++vv)
+            acc += b.Wt[(g * Vn + vv) * M + m] * b.S[(g * Vn + vv) * K2 + j] *
+                   (b.dP[(vv * M + m) * K2 + j] - b.r[g * Vn + vv]);
+          dcgm[j] = Agm[j] * acc;
+        }
+      }
       for (int64_t vv = 0; vv < Vn; ++vv) {
         const V rr = b.r[g * Vn + vv];
         const V* Sgv = &b.S[(g * Vn + vv) * K2];
         V* dsgv = &b.ds[(g * Vn + vv) * K2];
-        for (int64_t m = 0; m < M; ++m) {
-          const V* Agm = &b.A[(g * M + m) * K2];
-          V* dcgm = &b.dc[(g * M + m) * K2];
-          const V Wr = b.Wt[(g * Vn + vv) * M + m];
-          const V* dP = &b.dP[(vv * M + m) * K2];
-          V de = {};
-          for (int64_t j = 0; j < K2; ++j) {
-            const V dl = Wr * Agm[j] * Sgv[j] * (dP[j] - rr);
-            dcgm[j] += dl;
-            dsgv[j] += dl;
-            de += dl;
-          }
-          if (d.N > 0) {
+        const V* Wr = &b.Wt[(g * Vn + vv) * M];
+        for (int64_t j = 0; j < K2; ++j) {
+          V acc = {};
+          for (int64_t m = 0; m < M; ++m) acc += Wr[m] * b.A[(g * M + m) * K2 + j] * (b.dP[(vv * M + m) * K2 + j] - rr);
+          dsgv[j] = Sgv[j] * acc;
+        }
+        if (d.N > 0 && !(G == 1 && M == 1)) {  // the group layer (factorised: T saved by probabilities())
+          for (int64_t m = 0; m < M; ++m) {
+            const V de = Wr[m] * (b.X[(g * Vn + vv) * M + m] - rr * b.Tall[(g * Vn + vv) * M + m]);
             T* der = dqe + ((g * d.N + idx[(vv * G + g) * M + m]) * H + y) * d.Wq + x0;
             storeu(der, loadu(der) + de);
           }
@@ -640,7 +658,19 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch
       }
     });
   });
-  return {dqkv, dptab.sum(0), demb.sum(0)};
+  // the per-head partial sums of dptab and demb, reduced serially (a few tens of thousands of adds)
+  auto reduce = [](const torch::Tensor& parts) {
+    auto total = torch::zeros(parts.sizes().slice(1), parts.options());
+    AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "gevit_fused_attention_reduce", [&] {
+      const int64_t n = total.numel();
+      const scalar_t* src = parts.data_ptr<scalar_t>();
+      scalar_t* dst = total.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < parts.size(0); ++i)
+        for (int64_t e = 0; e < n; ++e) dst[e] += src[i * n + e];
+    });
+    return total;
+  };
+  return {dqkv, reduce(dptab), reduce(demb)};
 }
 
 }  // namespace
