@@ -24,16 +24,19 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.callbacks import RotationRobustnessCallback
-from lightning_modules.checkpointing import AtomicCheckpointIO, RunStateCallback, load_checkpoint
-from lightning_modules.config_validation import ConfigError, validate_config
-from lightning_modules.lifecycle import (RunLock, build_run_config, check_eval_checkpoint, check_memory,
-                                         check_resume_checkpoint, is_launching_process, seed_training_order,
-                                         stored_run_config)
-from lightning_modules.utils import (git_state, instantiate_collection, instantiate_named, register_resolvers,
-                                     run_identity, save_config, write_metrics_json)
+from lightning_modules.callbacks import RotationRobustnessCallback, run_summary
+from runkit.checkpointing import AtomicCheckpointIO, RunStateCallback
+from runkit.checkpoints import load_checkpoint
+from runkit.config import instantiate_collection, instantiate_named, save_config
+from runkit.config_validation import ConfigError, validate_config
+from runkit.lifecycle import (RunLock, build_run_config, check_eval_checkpoint, check_memory, check_resume_checkpoint,
+                              is_launching_process, seed_training_order, stored_run_config)
+from runkit.naming import run_identity
+from runkit.provenance import git_state, write_metrics_json
+from runkit.resolvers import register_resolvers
+from runkit.wandb_logging import configure_wandb, finish_wandb, update_wandb_summary
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -74,23 +77,6 @@ def cluster_plugins() -> list:
     return []
 
 
-def configure_wandb(cfg: DictConfig, identity: dict) -> None:
-    """Fill the W&B logger's empty name/group and extend its tags with the run's identity."""
-    node = (cfg.get("logger") or {}).get("wandb")
-    if node is None:
-        return
-    with open_dict(node):
-        node.name = node.get("name") or identity["name"]
-        node.group = node.get("group") or identity["group"]
-        node.tags = list(dict.fromkeys([*(node.get("tags") or []), *identity["tags"]]))
-
-
-def update_wandb_summary(trainer: L.Trainer, values: dict) -> None:
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
 
 
 def selection_callback(trainer: L.Trainer):
@@ -310,22 +296,14 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, plugins: list
         raise
 
 
-def finish_wandb() -> None:
-    """Close the W&B run (if any) so the next job of a multirun starts a fresh one."""
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
     """Run; return ``optimized_metric`` to a sweeper, or None where the run could not compute it (an
     evaluate-only run, a run that ended before its first validation)."""
     metrics, _ = run(cfg)
+    if is_launching_process():
+        for line in run_summary(metrics):
+            log.info(line)
     name = cfg.get("optimized_metric")
     if not name:
         return None

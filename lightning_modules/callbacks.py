@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from gevit.robustness import RotationRobustness, default_angles
+from runkit.wandb_logging import log_rotation_robustness
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,17 @@ class RotationRobustnessCallback(Callback):
     invariance_error, num_samples) and ``rotation_robustness.png`` into ``output_dir``, logs
     ``test/rot_acc_mean``, ``test/rot_acc_min`` and ``test/invariance_error_rot90`` to every logger,
     and a table + line plot to W&B when a ``WandbLogger`` is attached. ``self.results`` keeps the dict.
+
+    The figure names this run ``label`` (default: the network's class name) and, given ``reference`` (a
+    ``rotation_robustness.csv`` of an earlier run, e.g. the committed plain-ViT curve), draws that curve
+    beside it as ``reference_label``. The reference file is read when the callback is built, before any
+    training, so a missing or malformed file is one clear error that costs no run.
     """
 
     def __init__(self, output_dir: Optional[str] = None, angles: Optional[Sequence[float]] = None,
                  step_deg: float = 15.0, max_samples: Optional[int] = 2000, interpolation: str = "bilinear",
-                 padding_mode: str = "zeros", enabled: bool = True):
+                 padding_mode: str = "zeros", enabled: bool = True, label: Optional[str] = None,
+                 reference: Optional[str] = None, reference_label: Optional[str] = None):
         if angles is None and not (isinstance(step_deg, (int, float)) and 0 < step_deg <= 360):
             raise ValueError(f"step_deg={step_deg!r}: expected a number of degrees in (0, 360]")
         if max_samples is not None and max_samples < 1:
@@ -47,6 +54,9 @@ class RotationRobustnessCallback(Callback):
         self.meter = RotationRobustness(self.requested_angles, interpolation=interpolation, padding_mode=padding_mode)
         self.results: Optional[dict] = None
         self._seen = 0
+        self.label = label
+        self.reference = read_rotation_robustness_csv(reference) if reference else None
+        self.reference_label = reference_label or (Path(reference).stem if reference else None)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.meter.reset()
@@ -75,9 +85,11 @@ class RotationRobustnessCallback(Callback):
         pl_module.log("test/rot_acc_mean", self.results["acc_mean"], rank_zero_only=True)
         pl_module.log("test/rot_acc_min", self.results["acc_min"], rank_zero_only=True)
         pl_module.log("test/invariance_error_rot90", self.results["invariance_error_rot90"], rank_zero_only=True)
+        if self.label is None:
+            self.label = type(getattr(pl_module, "net", pl_module)).__name__
         if trainer.is_global_zero:
             self._write_files()
-            self._log_to_wandb(trainer)
+            log_rotation_robustness(trainer, self.results)
         log.info("rotation robustness on %d test images: mean acc %.4f, min acc %.4f, rot90 invariance error %.2e",
                  self.results["num_samples"], self.results["acc_mean"], self.results["acc_min"],
                  self.results["invariance_error_rot90"])
@@ -93,23 +105,43 @@ class RotationRobustnessCallback(Callback):
             writer.writerow(["angle_deg", "accuracy", "invariance_error", "num_samples"])
             for angle, acc, err in zip(r["angles"], r["accuracy"], r["invariance_error"]):
                 writer.writerow([f"{angle:g}", f"{acc:.6f}", f"{err:.6e}", r["num_samples"]])
-        plot_rotation_robustness({"model": r}, self.output_dir / "rotation_robustness.png")
+        curves = {self.label or "model": r}
+        if self.reference is not None:
+            curves[self.reference_label] = self.reference
+        plot_rotation_robustness(curves, self.output_dir / "rotation_robustness.png")
 
-    def _log_to_wandb(self, trainer) -> None:
-        from lightning.pytorch.loggers import WandbLogger
 
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
+def read_rotation_robustness_csv(path) -> dict:
+    """A ``rotation_robustness.csv`` (as written by :class:`RotationRobustnessCallback`) -> ``{"angles",
+    "accuracy", "invariance_error"}`` lists; a missing file is a FileNotFoundError, a malformed one a
+    ValueError, each naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"rotation robustness reference {path}: no such file")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        curve = {"angles": [float(r["angle_deg"]) for r in rows], "accuracy": [float(r["accuracy"]) for r in rows],
+                 "invariance_error": [float(r["invariance_error"]) for r in rows]}
+    except (KeyError, TypeError, ValueError, csv.Error) as err:
+        raise ValueError(f"rotation robustness reference {path}: expected the columns angle_deg, accuracy, "
+                         f"invariance_error of a rotation_robustness.csv ({type(err).__name__}: {err})") from err
+    if not rows:
+        raise ValueError(f"rotation robustness reference {path}: no rows")
+    return curve
 
-                r = self.results
-                table = wandb.Table(columns=["angle_deg", "accuracy", "invariance_error"],
-                                    data=[list(row) for row in zip(r["angles"], r["accuracy"], r["invariance_error"])])
-                logger.experiment.log({
-                    "test/rotation_robustness": table,
-                    "test/accuracy_vs_angle": wandb.plot.line(table, "angle_deg", "accuracy",
-                                                              title="Test accuracy vs rotation angle"),
-                })
+
+def run_summary(metrics: dict) -> list[str]:
+    """The three lines a run ends with: best validation accuracy, test accuracy, rot90 invariance error
+    (``n/a`` for what this run did not compute, e.g. an evaluate-only run has no validation)."""
+    def pct(key):
+        value = metrics.get(key)
+        return f"{100 * float(value):.2f} %" if value is not None else "n/a"
+
+    error = metrics.get("test/invariance_error_rot90")
+    return [f"val acc (best):          {pct('val/acc_best')}",
+            f"test acc:                {pct('test/acc')}",
+            "rot90 invariance error:  " + (f"{float(error):.2e}" if error is not None else "n/a")]
 
 
 def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under rotation") -> None:

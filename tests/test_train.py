@@ -18,7 +18,7 @@ from tests.helpers import TINY_VIT, compose_config
 REPO = Path(__file__).resolve().parents[1]
 
 # A few hundred digits and a one-block ViT: each run takes seconds on 2 cores.
-FAST = TINY_VIT + [
+FAST = ["model=vit"] + TINY_VIT + [  # the default model is the EqCvT main job: name the ViT
     "data.train_size=256", "data.val_size=128", "data.test_size=128", "data.batch_size=64",
     "data.eval_batch_size=128", "callbacks.rotation_robustness.max_samples=64",
     "callbacks.rotation_robustness.step_deg=45", "logger=csv",

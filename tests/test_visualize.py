@@ -46,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Run directories of a tiny ViT (upright digits), a tiny GE-ViT p4, and post-hoc λ-equitune and
     EquiAttention wrappers of that ViT over c4 (aggregator trained for one epoch)."""
     tmp = tmp_path_factory.mktemp("viz_runs")
-    vit = train_tiny(tmp / "vit", TINY_VIT + ["data.variant=upright_train"])
+    vit = train_tiny(tmp / "vit", ["model=vit"] + TINY_VIT + ["data.variant=upright_train"])
     backbone = next((vit / "checkpoints").glob("best-*.ckpt"))
     posthoc = ["experiment=posthoc_rotmnist_mini", f"model.backbone.ckpt_path={backbone}",
                "model.regime=aggregator_only", "model.group=c4"]
