@@ -34,22 +34,9 @@ ANGLES = [45.0 * k for k in range(8)]
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from runkit.config import compose as compose_config
 
-    from lightning_modules.utils import register_resolvers
-
-    register_resolvers()
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = "/tmp/gevit-bench"
-        cfg.hydra.runtime.cwd = str(conf.parent)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides)
 
 
 def build_model(cfg, ckpt):
@@ -57,7 +44,7 @@ def build_model(cfg, ckpt):
 
     if ckpt is None:
         return hydra.utils.instantiate(cfg.model)
-    from lightning_modules.checkpointing import load_checkpoint
+    from runkit.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(ckpt)  # weights_only: a crafted file is refused, a corrupt one named
     if "gevit_model_config" not in checkpoint:

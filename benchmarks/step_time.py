@@ -30,20 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def build_model(overrides):
     import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
-    from lightning_modules.utils import register_resolvers
+    from runkit.config import compose
 
-    register_resolvers()
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = "/tmp/gevit-bench"
-        cfg.hydra.runtime.cwd = str(conf.parent)
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose(overrides)
     return hydra.utils.instantiate(cfg.model), cfg
 
 

@@ -3,8 +3,9 @@
 Every data module yields ``(image, label)`` with ``image`` a float tensor ``(C, H, W)`` in ``[0, 1]``
 (no normalisation: the LightningModule normalises, so rotations and zero padding act on the raw image
 whose background is 0) and ``label`` an int64 scalar. It exposes ``num_classes``, ``in_channels``,
-``image_size`` (also mirrored in its yaml so models can interpolate them) and ``mean``/``std`` for the
-model's input normalisation.
+``image_size`` and ``mean``/``std`` for the model's input normalisation: stated once, by the class
+(:meth:`BaseImageDataModule.data_fact`), and carried into the data config by ``conf/data/_facts.yaml`` so that
+models can interpolate them (``${data.num_classes}``).
 """
 from __future__ import annotations
 
@@ -143,8 +144,9 @@ class BaseImageDataModule(L.LightningDataModule):
         std: Optional[Sequence[float]] = None,
     ):
         super().__init__()
-        # The yaml repeats these facts so that model configs can interpolate them (${data.num_classes});
-        # they describe the files, so a value that disagrees with them is a config error.
+        # The data config carries these facts (read from this class by conf/data/_facts.yaml) so that model
+        # configs can interpolate them (${data.num_classes}); they describe the files, so a value that
+        # disagrees with the class is a config error.
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("image_size", image_size), ("mean", mean), ("std", std)):
             expected = getattr(type(self), name, None)
@@ -171,6 +173,21 @@ class BaseImageDataModule(L.LightningDataModule):
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
         self.test_loader_calls = 0
+
+    @classmethod
+    def data_fact(cls, name: str):
+        """The data fact ``name`` (``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``) of this data
+        set: the class attribute where the files fix it, else the constructor's default (a fact that is an
+        option of the module, e.g. the lensing images' ``image_size``). ``conf/data/_facts.yaml`` reads it."""
+        value = getattr(cls, name, None)
+        if value is None:
+            import inspect
+
+            parameter = inspect.signature(cls.__init__).parameters.get(name)
+            value = None if parameter is None or parameter.default is parameter.empty else parameter.default
+        if value is None:
+            raise ValueError(f"{cls.__name__} states no {name} (neither a class attribute nor a constructor default)")
+        return value
 
     # ---- loaders -------------------------------------------------------------------------------
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool, batch_size: int) -> DataLoader:

@@ -1,4 +1,11 @@
-"""Rebuild a trained model from nothing but its ``train.py`` checkpoint.
+"""Reading checkpoint files: the one safe loader (:func:`load_checkpoint`) and rebuilding a trained model from
+nothing but its ``train.py`` checkpoint (:func:`load_run`).
+
+:func:`load_checkpoint` reads any checkpoint a user points at with ``torch.load(weights_only=True)``: a file
+whose pickle would run code is refused (:class:`UnsafeCheckpointError`), a truncated/corrupt one is reported
+with the fix (:class:`CorruptCheckpointError`), never half-loaded. train.py (resume / evaluate), Lightning's
+checkpoint I/O (:class:`runkit.checkpointing.AtomicCheckpointIO`), :func:`load_run` and the benchmarks all
+read through it.
 
 Every LightningModule of this project stores its resolved model config (with ``_target_``s) in the
 checkpoint as ``checkpoint["gevit_model_config"]``. :func:`load_run` instantiates that config with
@@ -6,18 +13,21 @@ checkpoint as ``checkpoint["gevit_model_config"]``. :func:`load_run` instantiate
 mode. It works for every model family the config tree can describe: end-to-end networks, post-hoc wrappers
 and models with escnn layers.
 
-The checkpoint is read with ``torch.load(weights_only=True)``: a Lightning checkpoint holds tensors and
-plain Python containers (loop, callback, optimiser and scheduler states), which the safe unpickler accepts.
+A Lightning checkpoint holds tensors and plain Python containers (loop, callback, optimiser and scheduler
+states), which the safe unpickler accepts.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
+import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,7 +56,15 @@ _REBUILD_AS = {"source": {"peer_vit": "vit"},
 
 
 class CheckpointError(ValueError):
-    """A file that is not a rebuildable ``train.py`` checkpoint."""
+    """A checkpoint file that cannot be used; the message names the file and the fix."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A truncated or corrupt checkpoint file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle holds objects ``torch.load(weights_only=True)`` refuses (it could run code)."""
 
 
 class LoadedRun(NamedTuple):
@@ -59,22 +77,67 @@ class LoadedRun(NamedTuple):
     path: Path
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict of ``path``, read with the safe unpickler (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+def _plain_numpy_globals() -> list:
+    """numpy scalars/arrays some older checkpoints carry (e.g. a best score stored as np.float64)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        from numpy.core.multiarray import _reconstruct, scalar  # noqa: F401
+    except ImportError:  # numpy 2 moved them
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
+    return [_reconstruct, scalar, np.ndarray, np.dtype, type(np.dtype("float64")), type(np.dtype("int64"))]
+
+
+_SAFE_GLOBALS_ADDED = False
+
+
+def register_safe_globals() -> None:
+    """Allow the few plain types the project's checkpoints may hold under ``weights_only=True`` (idempotent).
+
+    The project keeps checkpoints plain (dicts, lists, numbers, strings, tensors): configs are stored as
+    plain containers, RNG states as tensors and lists. Only numpy's scalar/array reconstructors are added,
+    which build data, never call arbitrary code."""
+    global _SAFE_GLOBALS_ADDED
+    if not _SAFE_GLOBALS_ADDED:
+        torch.serialization.add_safe_globals(_plain_numpy_globals())
+        _SAFE_GLOBALS_ADDED = True
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint a user pointed at, safely (``weights_only=True``), with one clear error per fault."""
+    register_safe_globals()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .ckpt file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle "
-                              f"({str(err).splitlines()[0]}); it was not written by this project's train.py, or "
-                              "by a callback storing arbitrary objects") from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            unsafe = ""
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                unsafe = f" (it needs {', '.join(names[:5])})" if names else ""
+            except Exception:
+                pass
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {path}: it holds Python objects beyond tensors and plain "
+                f"containers{unsafe}, which could run code when unpickled (torch.load(weights_only=True) refuses "
+                f"them; it was not written by this project's train.py, or a callback stored arbitrary objects). "
+                f"Only load files from a source you "
+                f"trust; if you do trust it, convert it once with torch.load(weights_only=False) and save "
+                f"its state_dict") from None
+        raise _corrupt(path, err) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _corrupt(path, err) from None
+
+
+def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CorruptCheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({detail}); it was not loaded. Move it aside "
+        f"(mv {path} {path}.corrupt) and run again: a run resumes from the checkpoint before it, or starts "
+        f"fresh when there is none")
 
 
 def stored_config(checkpoint: dict, path: str | Path) -> dict:
@@ -156,7 +219,9 @@ def load_run(checkpoint: str | Path) -> LoadedRun:
     cached buffers in the file are ignored and rebuilt from the loaded weights), then loaded strictly.
     """
     path = Path(checkpoint)
-    state = read_checkpoint(path)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     config = stored_config(state, path)
     module = make_state_dict_mode_independent(instantiate_model(config, path))
     try:

@@ -1,14 +1,87 @@
-"""Log finished files (figures, animations) and the numbers behind them to W&B, never failing the caller."""
+"""Everything W&B, in one place: the credentials check, a training run's logger identity and summary, the
+rotation-robustness table, finished files (figures, animations) and results tables. Every function here leaves
+the caller running when W&B is missing or fails; none needs credentials (offline without them)."""
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
 log = logging.getLogger(__name__)
 
 PROJECT = "gevit"
+
+
+def wandb_should_be_offline() -> bool:
+    """Offline when the user set nothing and no credentials are found; WANDB_MODE always wins."""
+    if os.environ.get("WANDB_MODE"):
+        return False  # wandb reads WANDB_MODE itself (online, offline or disabled)
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" not in netrc.read_text()
+    except OSError:
+        return True
+
+
+# ---- a train.py run (through Lightning's WandbLogger) ----------------------------------------------------
+def configure_wandb(cfg, identity: dict) -> None:
+    """Fill the W&B logger's empty name/group and extend its tags with the run's identity
+    (:func:`runkit.naming.run_identity`)."""
+    from omegaconf import open_dict
+
+    node = (cfg.get("logger") or {}).get("wandb")
+    if node is None:
+        return
+    with open_dict(node):
+        node.name = node.get("name") or identity["name"]
+        node.group = node.get("group") or identity["group"]
+        node.tags = list(dict.fromkeys([*(node.get("tags") or []), *identity["tags"]]))
+
+
+def wandb_loggers(trainer) -> list:
+    """The trainer's ``WandbLogger``s (none when W&B is not configured)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+def update_wandb_summary(trainer, values: dict) -> None:
+    """Put the numbers of ``values`` into the run summary of every W&B logger."""
+    for logger in wandb_loggers(trainer):
+        logger.experiment.summary.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
+
+
+def log_rotation_robustness(trainer, results: dict) -> None:
+    """The accuracy-vs-angle results as a W&B table and line plot (``test/rotation_robustness``,
+    ``test/accuracy_vs_angle``) on every W&B logger of ``trainer``."""
+    for logger in wandb_loggers(trainer):
+        import wandb
+
+        table = wandb.Table(columns=["angle_deg", "accuracy", "invariance_error"],
+                            data=[list(row) for row in zip(results["angles"], results["accuracy"],
+                                                           results["invariance_error"])])
+        logger.experiment.log({
+            "test/rotation_robustness": table,
+            "test/accuracy_vs_angle": wandb.plot.line(table, "angle_deg", "accuracy",
+                                                      title="Test accuracy vs rotation angle"),
+        })
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (if any) so the next job of a multirun starts a fresh one."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+# ---- files and tables logged after the fact -------------------------------------------------------------
 
 
 def scalars(tree: dict, prefix: str = "") -> dict:
@@ -34,8 +107,6 @@ def log_files(files: Iterable[Path], summary: dict, out_dir: Path, job_type: str
 
         mode = None
         if not os.environ.get("WANDB_MODE"):  # wandb reads WANDB_MODE itself
-            from lightning_modules.utils import wandb_should_be_offline  # the one credentials check
-
             mode = "offline" if wandb_should_be_offline() else "online"
         run = wandb.init(project=PROJECT, job_type=job_type, dir=str(out_dir), config=config or {}, mode=mode)
         payload = {}
@@ -51,3 +122,23 @@ def log_files(files: Iterable[Path], summary: dict, out_dir: Path, job_type: str
     except Exception as err:  # W&B is optional here: the files are already on disk
         log.warning("W&B logging failed (%s: %s); the files are in %s", type(err).__name__, err, out_dir)
         return False
+
+
+def log_results_table(results_csv: Path, markdown: str, groups: set, project: str = PROJECT) -> None:
+    """A results table (``scripts/results_table.py``: its CSV as a W&B Table, its markdown as text) in a run of
+    job type ``results_table``, grouped with the sweep's runs when they share one group."""
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed: the table stays in local files", file=sys.stderr)
+        return
+    groups = set(groups) - {None}
+    run = wandb.init(project=project, job_type="results_table", group=groups.pop() if len(groups) == 1 else None,
+                     mode="offline" if wandb_should_be_offline() else None)
+    if run is None or getattr(run, "disabled", False):
+        return
+    with open(results_csv) as f:
+        rows = list(csv.reader(f))
+    run.log({"results/table": wandb.Table(columns=rows[0], data=rows[1:]),
+             "results/markdown": wandb.Html(f"<pre>{markdown}</pre>")})
+    run.finish()

@@ -36,7 +36,7 @@ if str(REPO_ROOT) not in sys.path:
     # `python scripts/results_table.py` puts scripts/ on the path, not the repository with the packages.
     sys.path.insert(0, str(REPO_ROOT))
 
-from lightning_modules.utils import naming_overrides  # noqa: E402  (one definition of "what names a run")
+from runkit.naming import naming_overrides  # noqa: E402  (one definition of "what names a run")
 
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
 DEFAULT_COLUMN_KEYS = ("model.regime", "model.net.attention_window")
@@ -218,23 +218,9 @@ def write_csvs(out: Path, runs, rows, columns, cells, row_keys, column_keys, met
 
 def log_to_wandb(results_csv: Path, markdown: str, runs: Sequence[Run], project: str) -> None:
     """The table as a W&B Table (and the markdown as text) in a run of job type ``results_table``."""
-    try:
-        import wandb
-    except ImportError:
-        print("wandb is not installed: the table stays in local files", file=sys.stderr)
-        return
-    from lightning_modules.utils import wandb_should_be_offline
+    from runkit.wandb_logging import log_results_table
 
-    groups = {r.metrics.get("run_group") for r in runs} - {None}
-    run = wandb.init(project=project, job_type="results_table", group=groups.pop() if len(groups) == 1 else None,
-                     mode="offline" if wandb_should_be_offline() else None)
-    if run is None or getattr(run, "disabled", False):
-        return
-    with open(results_csv) as f:
-        rows = list(csv.reader(f))
-    run.log({"results/table": wandb.Table(columns=rows[0], data=rows[1:]),
-             "results/markdown": wandb.Html(f"<pre>{markdown}</pre>")})
-    run.finish()
+    log_results_table(results_csv, markdown, {r.metrics.get("run_group") for r in runs}, project)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

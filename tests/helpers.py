@@ -4,14 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lightning_modules.utils import register_resolvers
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from runkit.config import CONF_DIR, compose  # noqa: F401  (CONF_DIR: the tests import it from here)
 
 # Small, fast settings shared by pipeline tests: a tiny ViT and few batches.
 TINY_VIT = [
@@ -49,20 +44,9 @@ def tiny_model_overrides(cfg: DictConfig) -> list[str]:
 
 
 def compose_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """The composed train config with ``paths.output_dir`` = ``output_dir`` and HydraConfig set."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """The composed train config with ``paths.output_dir`` = ``output_dir`` and HydraConfig set
+    (:func:`runkit.config.compose`), the config tree not printed."""
+    cfg = compose(overrides, output_dir)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(CONF_DIR.parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
         cfg.print_config = False
-        del cfg["hydra"]
     return cfg

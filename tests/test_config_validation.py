@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import train as train_script
-from lightning_modules.config_validation import ConfigError, validate_config
+from runkit.config_validation import ConfigError, validate_config
 from tests.helpers import CONF_DIR, compose_config
 from tests.test_train import FAST
 

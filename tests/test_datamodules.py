@@ -27,6 +27,8 @@ from datamodules.pcam import pcam_file_name
 from datamodules.rotmnist import quantize_uint8
 from datamodules.rotmnist_mini import ASSET_DIR, IMAGES_MD5, LABELS_MD5
 from gevit.rotations import rotate
+from runkit.config import compose
+from runkit.resolvers import DATA_FACTS
 from datamodules.fixtures import (amat_bytes, idx_bytes, mnist_digits, rotated_digits, write_mnist_idx, write_pcam,
                                  write_rotmnist_amats, write_rotmnist_zip)
 
@@ -636,11 +638,19 @@ def test_config_facts_must_match_the_data():
         RotMNISTMiniDataModule(num_classes=100)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONF_DATA.glob("*.yaml")))
+DATA_OPTIONS = sorted(p.stem for p in CONF_DATA.glob("*.yaml") if not p.stem.startswith("_"))  # _: shared parts
+
+
+def composed_data(name: str, tmp_path: Path, *overrides: str):
+    """``conf/data/<name>.yaml`` as train.py composes it (shared parts included), data under ``tmp_path``."""
+    cfg = compose([f"data={name}", f"paths.data_dir={tmp_path}", *overrides], tmp_path / "run")
+    return cfg.data
+
+
+@pytest.mark.parametrize("name", DATA_OPTIONS)
 def test_data_configs_instantiate(name, tmp_path):
-    data = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
-    dm = instantiate(cfg.data)
+    data = composed_data(name, tmp_path)
+    dm = instantiate(data)
     assert type(dm).__name__ == data._target_.split(".")[-1]
     assert Path(dm.data_dir).parent == tmp_path
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (data.num_classes, data.in_channels, data.image_size)
@@ -648,9 +658,9 @@ def test_data_configs_instantiate(name, tmp_path):
     assert (dm.batch_size, dm.eval_batch_size, dm.split_seed) == (data.batch_size, data.eval_batch_size, 0)
 
 
-def test_data_configs_list_every_constructor_option():
-    for path in CONF_DATA.glob("*.yaml"):
-        data = OmegaConf.load(path)
+def test_data_configs_list_every_constructor_option(tmp_path):
+    for name in DATA_OPTIONS:
+        data = composed_data(name, tmp_path)
         cls = get_class(data._target_)
         options = set()
         # each class's own options, then (through **common) those of the classes it builds on
@@ -661,13 +671,27 @@ def test_data_configs_list_every_constructor_option():
             options |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
             if not any(p.kind is p.VAR_KEYWORD for p in parameters):
                 break
-        assert options == set(data.keys()) - {"_target_"}, path.name
+        assert options == set(data.keys()) - {"_target_"}, name
+
+
+def test_data_facts_are_stated_once_by_the_class(tmp_path):
+    """No data yaml states num_classes/in_channels/image_size/mean/std: they come from the class
+    (conf/data/_facts.yaml), and a fact that is an option of the module is overridden as usual."""
+    for name in DATA_OPTIONS:
+        assert not set(DATA_FACTS) & set(OmegaConf.load(CONF_DATA / f"{name}.yaml")), name
+    pcam = composed_data("pcam", tmp_path)
+    assert (pcam.num_classes, pcam.in_channels, pcam.image_size) == (2, 3, 96)
+    assert list(pcam.std) == list(PCamDataModule.std)
+    cfg = compose(["data=lensing", "data.image_size=65", "data.num_classes=3"], tmp_path / "run")
+    assert (cfg.data.image_size, cfg.data.num_classes, cfg.data.in_channels) == (65, 3, 1)
+    assert (cfg.model.image_size, cfg.model.net.num_classes, list(cfg.model.input_std)) == (65, 3, [1.0])
+    with pytest.raises(Exception, match="num_classes=100 in the config, but the data set has num_classes=10"):
+        instantiate(composed_data("rotmnist_mini", tmp_path, "data.num_classes=100"))
 
 
 def test_mini_config_falls_back_to_embedded_assets(tmp_path):
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)},
-                            "data": OmegaConf.load(CONF_DATA / "rotmnist_mini.yaml")})
-    cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 10, 10, 10
-    dm = instantiate(cfg.data)
+    data = composed_data("rotmnist_mini", tmp_path)
+    data.train_size, data.val_size, data.test_size = 10, 10, 10
+    dm = instantiate(data)
     dm.setup()
     assert dm.source_files()[0].parent == ASSET_DIR and len(dm.test_set) == 10

@@ -7,26 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lightning_modules.utils import register_resolvers
-from tests.helpers import CONF_DIR
+from runkit.config import compose
 from tests.test_train import FAST
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_slurm_launcher_reads_the_cluster_from_the_environment(monkeypatch):
+def test_slurm_launcher_reads_the_cluster_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GEVIT_SLURM_PARTITION", "gpu-a100")
     monkeypatch.setenv("GEVIT_SLURM_ACCOUNT", "lab42")
     monkeypatch.setenv("GEVIT_SLURM_GPUS", "4")
     monkeypatch.setenv("GEVIT_SLURM_TIME_MIN", "720")
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm"], tmp_path, keep_hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert launcher["_target_"].endswith("SlurmLauncher")
     for key in ("submitit_folder", "name"):

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 import train as train_script
-from lightning_modules.config_validation import ConfigError
-from lightning_modules.checkpointing import (CorruptCheckpointError, UnsafeCheckpointError, atomic_torch_save,
-                                             load_checkpoint)
-from lightning_modules.lifecycle import (CheckpointMismatchError, EpochSeededSampler, MemoryEstimateError,
-                                         RunDirLockedError, RunLock, check_memory)
+from runkit.checkpointing import atomic_torch_save
+from runkit.checkpoints import CorruptCheckpointError, UnsafeCheckpointError, load_checkpoint
+from runkit.config_validation import ConfigError
+from runkit.lifecycle import (CheckpointMismatchError, EpochSeededSampler, MemoryEstimateError, RunDirLockedError,
+                              RunLock, check_memory)
 from tests.helpers import TINY_VIT, compose_config
 from tests.test_train import FAST
 

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict, read_write
 
 import train as train_script
-from lightning_modules.utils import naming_overrides, run_identity
+from runkit.naming import naming_overrides, run_identity
 from tests.helpers import compose_config
 from tests.test_train import FAST
 

@@ -263,7 +263,7 @@ def describe_model(run_cfg: dict) -> str:
 
 
 def stored_run_config(checkpoint: dict) -> Optional[dict]:
-    from lightning_modules.checkpointing import RUN_CONFIG_KEY
+    from runkit.checkpointing import RUN_CONFIG_KEY
 
     stored = checkpoint.get(RUN_CONFIG_KEY)
     if stored is None and checkpoint.get("gevit_model_config") is not None:  # older checkpoints: model only

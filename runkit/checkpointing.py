@@ -1,11 +1,10 @@
-"""Checkpoint files a preemptible cluster can trust: written atomically, loaded safely, one every epoch.
+"""How a run writes checkpoint files a preemptible cluster can trust: atomically, one every epoch, with the
+run's random streams and config in each (reading any checkpoint safely is :mod:`runkit.checkpoints`).
 
 - :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin): every checkpoint Lightning writes goes
   to a temporary name in the same folder, is fsynced and renamed over the target, so a crash or a full disk
-  never leaves a truncated ``.ckpt``; every checkpoint it reads goes through :func:`load_checkpoint`.
-- :func:`load_checkpoint`: ``torch.load(weights_only=True)`` — a checkpoint whose pickle would run code
-  is refused (:class:`UnsafeCheckpointError`), a truncated/corrupt one is reported with the fix
-  (:class:`CorruptCheckpointError`), never half-loaded.
+  never leaves a truncated ``.ckpt``; every checkpoint it reads goes through
+  :func:`runkit.checkpoints.load_checkpoint` (``weights_only=True``, one clear error per fault).
 - :class:`LastCheckpoint`: writes ``last.ckpt`` at the end of every training epoch (whatever the monitored
   metric did) and, on a stop signal, makes sure the latest finished epoch is on disk.
 - :class:`RunStateCallback`: stores the random streams (torch, CUDA, numpy, python) and the run's resolved
@@ -15,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,22 +24,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
+from runkit.checkpoints import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_KEY = "gevit_run_config"
 RNG_KEY = "gevit_rng_states"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used; the message names the file and the fix."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    pass
-
-
-class UnsafeCheckpointError(CheckpointError):
-    pass
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -74,68 +61,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.close(fd)
     except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
         pass
-
-
-# ---- reading --------------------------------------------------------------------------------------
-def _plain_numpy_globals() -> list:
-    """numpy scalars/arrays some older checkpoints carry (e.g. a best score stored as np.float64)."""
-    try:
-        from numpy.core.multiarray import _reconstruct, scalar  # noqa: F401
-    except ImportError:  # numpy 2 moved them
-        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
-    return [_reconstruct, scalar, np.ndarray, np.dtype, type(np.dtype("float64")), type(np.dtype("int64"))]
-
-
-_SAFE_GLOBALS_ADDED = False
-
-
-def register_safe_globals() -> None:
-    """Allow the few plain types the project's checkpoints may hold under ``weights_only=True`` (idempotent).
-
-    The project keeps checkpoints plain (dicts, lists, numbers, strings, tensors): configs are stored as
-    plain containers, RNG states as tensors and lists. Only numpy's scalar/array reconstructors are added,
-    which build data, never call arbitrary code."""
-    global _SAFE_GLOBALS_ADDED
-    if not _SAFE_GLOBALS_ADDED:
-        torch.serialization.add_safe_globals(_plain_numpy_globals())
-        _SAFE_GLOBALS_ADDED = True
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint a user pointed at, safely (``weights_only=True``), with one clear error per fault."""
-    register_safe_globals()
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a .ckpt file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-            unsafe = ""
-            try:
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                unsafe = f" (it needs {', '.join(names[:5])})" if names else ""
-            except Exception:
-                pass
-            raise UnsafeCheckpointError(
-                f"refusing to load checkpoint {path}: it holds Python objects beyond tensors and plain "
-                f"containers{unsafe}, which could run code when unpickled. Only load files from a source you "
-                f"trust; if you do trust it, convert it once with torch.load(weights_only=False) and save "
-                f"its state_dict") from None
-        raise _corrupt(path, err) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise _corrupt(path, err) from None
-
-
-def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return CorruptCheckpointError(
-        f"checkpoint {path} is truncated or corrupt ({detail}); it was not loaded. Move it aside "
-        f"(mv {path} {path}.corrupt) and run again: a run resumes from the checkpoint before it, or starts "
-        f"fresh when there is none")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
