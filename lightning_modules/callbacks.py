@@ -3,20 +3,18 @@ and a rehearsal of Slurm preemption."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from gevit.robustness import RotationRobustness, default_angles
+from runkit.plots import plot_rotation_robustness
 from runkit.wandb_logging import log_rotation_robustness
 
 log = logging.getLogger(__name__)
@@ -142,34 +140,6 @@ def run_summary(metrics: dict) -> list[str]:
     return [f"val acc (best):          {pct('val/acc_best')}",
             f"test acc:                {pct('test/acc')}",
             "rot90 invariance error:  " + (f"{float(error):.2e}" if error is not None else "n/a")]
-
-
-def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under rotation") -> None:
-    """Plot accuracy vs angle for one or several runs (``{label: result_dict}``) into ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    many = len(curves) > 3  # a legend inside would cover the lower curves: put it below the axes
-    fig, ax = plt.subplots(figsize=(6, 3.5 + (0.25 * len(curves) if many else 0)), dpi=120)
-    for label, r in curves.items():
-        ax.plot(r["angles"], [100 * a for a in r["accuracy"]], marker="o", markersize=3, label=label)
-    for quarter in (90, 180, 270):
-        ax.axvline(quarter, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("rotation angle (degrees)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_xlim(0, 360)
-    ax.set_xticks(range(0, 361, 45))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if many:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=2, frameon=False)
-    else:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 class EpochSummary(Callback):

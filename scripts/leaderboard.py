@@ -142,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     curves = mean_curves(families)
     if curves:
-        from lightning_modules.callbacks import plot_rotation_robustness
+        from runkit.plots import plot_rotation_robustness
 
         plot_rotation_robustness(curves, figure, title="Accuracy under rotation, every family (mean over seeds)")
     relative = os.path.relpath(figure, out.parent) if curves else None

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning_modules.callbacks import plot_rotation_robustness
+from runkit.plots import plot_rotation_robustness
 from scripts.figures.common import load_model
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_label(run_dir: str | Path) -> str:
 def plot_robustness_comparison(runs: dict[str, str | Path] | Sequence[str | Path], path: str | Path,
                                title: str = "Test accuracy under rotation") -> tuple[Path, dict]:
     """One accuracy-vs-angle figure for several runs (``{label: run_dir}`` or run dirs, labelled by
-    :func:`run_label`), drawn by :func:`lightning_modules.callbacks.plot_rotation_robustness`.
+    :func:`run_label`), drawn by :func:`runkit.plots.plot_rotation_robustness`.
     Returns the PNG path and the curves ``{label: {"angles", "accuracy", "num_samples", "run_dir"}}``."""
     labelled = runs.items() if isinstance(runs, dict) else [(run_label(r), r) for r in runs]
     curves: dict = {}
