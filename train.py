@@ -11,6 +11,7 @@ Everything is built from conf/ with ``hydra.utils.instantiate``; every run write
 The lifecycle guarantees (a checkpoint every epoch, exact resume, one process per run directory, exit
 codes that say what happened, safe checkpoint loading) are listed in README "Guarantees".
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,16 @@ from runkit.checkpointing import AtomicCheckpointIO, RunStateCallback
 from runkit.checkpoints import load_checkpoint
 from runkit.config import instantiate_collection, instantiate_named, save_config
 from runkit.config_validation import ConfigError, validate_config
-from runkit.lifecycle import (RunLock, build_run_config, check_eval_checkpoint, check_memory, check_resume_checkpoint,
-                              is_launching_process, seed_training_order, stored_run_config)
+from runkit.lifecycle import (
+    RunLock,
+    build_run_config,
+    check_eval_checkpoint,
+    check_memory,
+    check_resume_checkpoint,
+    is_launching_process,
+    seed_training_order,
+    stored_run_config,
+)
 from runkit.naming import run_identity
 from runkit.provenance import git_state, write_metrics_json
 from runkit.resolvers import register_resolvers
@@ -77,8 +86,6 @@ def cluster_plugins() -> list:
     return []
 
 
-
-
 def selection_callback(trainer: L.Trainer):
     """The ModelCheckpoint that selects on validation (not the every-epoch ``last.ckpt`` writer)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -94,7 +101,9 @@ def selected_checkpoint(trainer: L.Trainer) -> Optional[str]:
 
 def config_choices() -> dict:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    return {str(k): (None if v is None else str(v)) for k, v in (hydra_cfg.runtime.choices.items() if hydra_cfg else [])}
+    return {
+        str(k): (None if v is None else str(v)) for k, v in (hydra_cfg.runtime.choices.items() if hydra_cfg else [])
+    }
 
 
 def check_schedule(cfg: DictConfig) -> None:
@@ -103,13 +112,23 @@ def check_schedule(cfg: DictConfig) -> None:
         return
     trainer = cfg.trainer
     if trainer.get("limit_val_batches") in (0, 0.0):
-        raise ConfigError("trainer.limit_val_batches=0: this run would never validate, so no checkpoint could be "
-                          "selected; give it validation batches, or evaluate with train=false")
+        raise ConfigError(
+            "trainer.limit_val_batches=0: this run would never validate, so no checkpoint could be "
+            "selected; give it validation batches, or evaluate with train=false"
+        )
     every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
-    if (isinstance(every, int) and isinstance(epochs, int) and epochs > 0 and every > epochs
-            and trainer.get("max_steps", -1) in (-1, None) and not trainer.get("val_check_interval")):
-        raise ConfigError(f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: this run would "
-                          "never validate; lower check_val_every_n_epoch")
+    if (
+        isinstance(every, int)
+        and isinstance(epochs, int)
+        and epochs > 0
+        and every > epochs
+        and trainer.get("max_steps", -1) in (-1, None)
+        and not trainer.get("val_check_interval")
+    ):
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: this run would "
+            "never validate; lower check_val_every_n_epoch"
+        )
 
 
 class _SignalGuard:
@@ -149,8 +168,9 @@ def _stop_reason(err: BaseException) -> tuple[str, Optional[int]]:
     """(metrics.json status, exit code to raise instead; None = re-raise ``err``) of an exception ending a run."""
     if isinstance(err, SIGTERMException):
         return "interrupted: SIGTERM", EXIT_SIGTERM
-    if isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and
-                                              isinstance(err.__context__, KeyboardInterrupt)):
+    if isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+    ):
         return "interrupted: SIGINT", EXIT_SIGINT
     if isinstance(err, SystemExit):
         if os.environ.get("SUBMITIT_EXECUTOR") and err.code == -1:
@@ -199,17 +219,23 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, objects
 
 
-def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _SignalGuard,
-         main_process: bool) -> None:
-    config_path = save_config(cfg, out_dir, print_tree=cfg.get("print_config", True) and main_process) \
-        if main_process else out_dir / "config_resolved.yaml"
+def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _SignalGuard, main_process: bool) -> None:
+    config_path = (
+        save_config(cfg, out_dir, print_tree=cfg.get("print_config", True) and main_process)
+        if main_process
+        else out_dir / "config_resolved.yaml"
+    )
     L.seed_everything(cfg.seed, workers=True)
     identity = run_identity(cfg)
     configure_wandb(cfg, identity)
     choices = config_choices()
-    run_config = build_run_config(OmegaConf.to_container(cfg.model, resolve=True),
-                                  OmegaConf.to_container(cfg.data, resolve=True),
-                                  OmegaConf.to_container(cfg.trainer, resolve=True), cfg.seed, choices)
+    run_config = build_run_config(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        OmegaConf.to_container(cfg.data, resolve=True),
+        OmegaConf.to_container(cfg.trainer, resolve=True),
+        cfg.seed,
+        choices,
+    )
 
     # A checkpoint the user names is checked before any data is touched: safe to load, not corrupt, and of
     # this run's model (and, to resume, of this run's data and schedule).
@@ -235,12 +261,25 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
 
     params = model.parameter_counts()
     log.info("parameters: %s", params)
-    metrics.update({"config_path": str(config_path), "run_name": identity["name"], "run_group": identity["group"],
-                    "run_tags": identity["tags"], **params, **git_state()})
+    metrics.update(
+        {
+            "config_path": str(config_path),
+            "run_name": identity["name"],
+            "run_group": identity["group"],
+            "run_tags": identity["tags"],
+            **params,
+            **git_state(),
+        }
+    )
     if cfg.train and main_process and any(True for _ in model.trainable_parameters()):
-        estimate = check_memory(model, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size),
-                                int(cfg.data.batch_size), use_gpu=trainer.strategy.root_device.type == "cuda",
-                                processes=trainer.world_size, mode=cfg.get("memory_check", "error"))
+        estimate = check_memory(
+            model,
+            (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size),
+            int(cfg.data.batch_size),
+            use_gpu=trainer.strategy.root_device.type == "cuda",
+            processes=trainer.world_size,
+            mode=cfg.get("memory_check", "error"),
+        )
         if estimate is not None:
             metrics["memory_estimate"] = estimate
     for logger in trainer.loggers:
@@ -263,12 +302,13 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
         metrics.update(train_metrics)
         metrics["val/acc_best"] = float(best_score) if best_score is not None else train_metrics.get("val/acc_best")
         if metrics["val/acc_best"] is None:
-            log.warning("the run ended before its first validation (max_steps/max_time reached first): nothing was "
-                        "selected, val/acc_best is null and the final weights are tested")
+            log.warning(
+                "the run ended before its first validation (max_steps/max_time reached first): nothing was "
+                "selected, val/acc_best is null and the final weights are tested"
+            )
         elif test_ckpt is None:
             log.warning("no best checkpoint was saved (fast_dev_run or checkpointing off): testing the final weights")
-        metrics.update(best_checkpoint=test_ckpt, epochs_trained=trainer.current_epoch,
-                       global_step=trainer.global_step)
+        metrics.update(best_checkpoint=test_ckpt, epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
         last = out_dir / "checkpoints" / "last.ckpt"
         metrics["last_checkpoint"] = str(last) if last.is_file() else None
     if cfg.test:
@@ -280,8 +320,9 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
             metrics["rotation_robustness"] = robustness.results
     guard.lightning_running = False
     metrics["data_sizes"] = datamodule.describe() if hasattr(datamodule, "describe") else None
-    update_wandb_summary(trainer, {k: v for k, v in metrics.items()
-                                   if k.startswith("model/params") or k.endswith("images_per_s")})
+    update_wandb_summary(
+        trainer, {k: v for k, v in metrics.items() if k.startswith("model/params") or k.endswith("images_per_s")}
+    )
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, plugins: list) -> L.Trainer:
@@ -310,8 +351,11 @@ def main(cfg: DictConfig) -> Optional[float]:
     value = metrics.get(name)
     if value is None:
         if cfg.train:
-            log.warning("optimized_metric=%s was not computed (available: %s); returning nothing to the sweeper",
-                        name, sorted(k for k in metrics if "/" in k and metrics[k] is not None))
+            log.warning(
+                "optimized_metric=%s was not computed (available: %s); returning nothing to the sweeper",
+                name,
+                sorted(k for k in metrics if "/" in k and metrics[k] is not None),
+            )
         return None
     return float(value)
 

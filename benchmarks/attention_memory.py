@@ -11,6 +11,7 @@ its peak, without the allocator's noise. A path/batch whose estimate (eager path
 exceeds ``--max-gb`` is extrapolated from the smallest batch instead of run, and marked so.
 Prints one JSON line; results are recorded in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS = {
     # conf/experiment/gevit_pcam.yaml (the official PCam configuration)
-    "pcam": dict(group="p4", attention_window=5, in_channels=3, num_classes=2, image_size=96, num_channels=12,
-                 block_sizes=[0, 1, 2, 1], expansion_per_block=[1, 2, 2, 2], crop_per_layer=[0, 2, 1, 1],
-                 normalize_between_layers=True, maxpool_after_last_block=True),
+    "pcam": dict(
+        group="p4",
+        attention_window=5,
+        in_channels=3,
+        num_classes=2,
+        image_size=96,
+        num_channels=12,
+        block_sizes=[0, 1, 2, 1],
+        expansion_per_block=[1, 2, 2, 2],
+        crop_per_layer=[0, 2, 1, 1],
+        normalize_between_layers=True,
+        maxpool_after_last_block=True,
+    ),
     "rotmnist": dict(group="p4", attention_window=5),
 }
 
@@ -78,8 +89,9 @@ def main():
             if path in per_image and per_image[path] * batch > args.max_gb * 1e9:
                 results[key] = {"saved_gb": round(per_image[path] * batch / 1e9, 3), "extrapolated": True}
                 continue
-            x = torch.randn(batch, options.get("in_channels", 1), options.get("image_size", 28),
-                            options.get("image_size", 28))
+            x = torch.randn(
+                batch, options.get("in_channels", 1), options.get("image_size", 28), options.get("image_size", 28)
+            )
             y = torch.randint(options.get("num_classes", 10), (batch,))
             optimizer.zero_grad(set_to_none=True)
             nbytes, first = saved_bytes(model, x, y)
@@ -91,12 +103,26 @@ def main():
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 optimizer.step()
                 times.append(time.perf_counter() - start)
-            results[key] = {"saved_gb": round(nbytes / 1e9, 3), "first_step_s": round(first, 3),
-                            "median_step_s": round(statistics.median(times), 3) if times else None}
+            results[key] = {
+                "saved_gb": round(nbytes / 1e9, 3),
+                "first_step_s": round(first, 3),
+                "median_step_s": round(statistics.median(times), 3) if times else None,
+            }
     set_attention_backend(None)
-    print(json.dumps({"config": args.config, "options": options, "threads": torch.get_num_threads(),
-                      "params": sum(p.numel() for p in model.parameters()), "results": results,
-                      "torch": torch.__version__, "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "options": options,
+                "threads": torch.get_num_threads(),
+                "params": sum(p.numel() for p in model.parameters()),
+                "results": results,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

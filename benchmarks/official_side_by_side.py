@@ -12,6 +12,7 @@ the official half is skipped. One step = forward + cross-entropy backward + Adam
 training). Before timing, the eval-mode logits of every model are compared with the official ones.
 Prints one JSON line; results are recorded in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,25 @@ def official_model(official_dir: Path, group: str, attention_window: int):
 
     official_group = groups.SE2(num_elements=ROTATIONS[group]) if group in ROTATIONS else groups.E2(num_elements=8)
     return models.GroupTransformer(
-        group=official_group, in_channels=1, num_channels=20, block_sizes=[2, 3], expansion_per_block=1,
-        crop_per_layer=[2, 0, 2, 1, 1], image_size=28, num_classes=10, dropout_rate_after_maxpooling=0.0,
-        maxpool_after_last_block=False, normalize_between_layers=False, patch_size=attention_window, num_heads=9,
-        norm_type="LayerNorm", activation_function="Swish", attention_dropout_rate=0.1, value_dropout_rate=0.1,
-        whitening_scale=1.41421356)
+        group=official_group,
+        in_channels=1,
+        num_channels=20,
+        block_sizes=[2, 3],
+        expansion_per_block=1,
+        crop_per_layer=[2, 0, 2, 1, 1],
+        image_size=28,
+        num_classes=10,
+        dropout_rate_after_maxpooling=0.0,
+        maxpool_after_last_block=False,
+        normalize_between_layers=False,
+        patch_size=attention_window,
+        num_heads=9,
+        norm_type="LayerNorm",
+        activation_function="Swish",
+        attention_dropout_rate=0.1,
+        value_dropout_rate=0.1,
+        whitening_scale=1.41421356,
+    )
 
 
 def ours(group: str, attention_window: int, state_dict=None):
@@ -77,8 +92,9 @@ def main():
         state = official.state_dict()
         contenders["official"] = (official, None)
     elif args.official_dir is not None:
-        print(f"[side-by-side] {args.official_dir} has no g_selfatt package: skipping the official model",
-              file=sys.stderr)
+        print(
+            f"[side-by-side] {args.official_dir} has no g_selfatt package: skipping the official model", file=sys.stderr
+        )
     for path in args.paths.split(","):
         contenders[f"ours-{path}"] = (ours(args.group, args.attention_window, state), path)
 
@@ -114,19 +130,31 @@ def main():
             times[name].append(step(name))
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians.get("official")
-    print(json.dumps({
-        "group": args.group, "attention_window": args.attention_window, "batch": args.batch,
-        "threads": torch.get_num_threads(), "reps": args.reps,
-        "params": {name: sum(p.numel() for p in m.parameters()) for name, (m, _, _) in steps.items()},
-        "logit_rel_diff_vs_first": agreement,
-        "median_step_s": {k: round(v, 4) for k, v in medians.items()},
-        "all_steps_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
-        "speedup_vs_official": {k: round(base / v, 2) for k, v in medians.items()} if base else None,
-        "speedup_vs_ours_eager": ({k: round(medians["ours-eager"] / v, 2) for k, v in medians.items()}
-                                  if "ours-eager" in medians else None),
-        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-        "date": time.strftime("%Y-%m-%d"),
-    }))
+    print(
+        json.dumps(
+            {
+                "group": args.group,
+                "attention_window": args.attention_window,
+                "batch": args.batch,
+                "threads": torch.get_num_threads(),
+                "reps": args.reps,
+                "params": {name: sum(p.numel() for p in m.parameters()) for name, (m, _, _) in steps.items()},
+                "logit_rel_diff_vs_first": agreement,
+                "median_step_s": {k: round(v, 4) for k, v in medians.items()},
+                "all_steps_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+                "speedup_vs_official": {k: round(base / v, 2) for k, v in medians.items()} if base else None,
+                "speedup_vs_ours_eager": (
+                    {k: round(medians["ours-eager"] / v, 2) for k, v in medians.items()}
+                    if "ours-eager" in medians
+                    else None
+                ),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    )
     set_attention_backend(None)
 
 

@@ -10,6 +10,7 @@ method is reported and the ratio is what matters): ``mean`` and ``lambda`` (|G| 
 (the escnn orientation net + one backbone call). Prints one JSON line per group with ms per image and the
 ratio mean / canonicalization.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gevit.posthoc import (LambdaAggregator, LearnedCanonicalization, MeanAggregator, PostHocInvariant,  # noqa: E402
-                           timm_backbone, vit_backbone)
+from gevit.posthoc import (  # noqa: E402
+    LambdaAggregator,
+    LearnedCanonicalization,
+    MeanAggregator,
+    PostHocInvariant,
+    timm_backbone,
+    vit_backbone,
+)
 
 
 def backbone_of(args):
     if args.backbone == "vit":  # the architecture of the post-hoc seed experiments
         return vit_backbone(num_classes=10, in_channels=args.channels, image_size=args.image_size)
-    return timm_backbone(num_classes=10, in_channels=args.channels, image_size=args.image_size,
-                         model_name=args.backbone)
+    return timm_backbone(
+        num_classes=10, in_channels=args.channels, image_size=args.image_size, model_name=args.backbone
+    )
 
 
 def main(argv=None) -> None:
@@ -54,8 +62,11 @@ def main(argv=None) -> None:
     backbone = backbone_of(args).eval()
     images = torch.rand(args.batch, args.channels, args.image_size, args.image_size)
     for group in args.groups.split(","):
-        methods = {"mean": MeanAggregator, "lambda": LambdaAggregator,
-                   "canonicalization": functools.partial(LearnedCanonicalization)}
+        methods = {
+            "mean": MeanAggregator,
+            "lambda": LambdaAggregator,
+            "canonicalization": functools.partial(LearnedCanonicalization),
+        }
         wrappers = {name: PostHocInvariant(backbone, group, factory).eval() for name, factory in methods.items()}
         times = {name: [] for name in wrappers}
         with torch.inference_mode():
@@ -67,14 +78,24 @@ def main(argv=None) -> None:
                     model(images)
                     times[name].append(time.perf_counter() - start)
         ms = {name: 1000 * statistics.median(t) / args.batch for name, t in times.items()}
-        print(json.dumps({
-            "group": group, "order": wrappers["mean"].group.order, "backbone": args.backbone,
-            "image_size": args.image_size, "batch": args.batch, "rounds": args.rounds,
-            "ms_per_image": {k: round(v, 4) for k, v in ms.items()},
-            "ratio_mean_over_canonicalization": round(ms["mean"] / ms["canonicalization"], 2),
-            "ratio_lambda_over_canonicalization": round(ms["lambda"] / ms["canonicalization"], 2),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        }))
+        print(
+            json.dumps(
+                {
+                    "group": group,
+                    "order": wrappers["mean"].group.order,
+                    "backbone": args.backbone,
+                    "image_size": args.image_size,
+                    "batch": args.batch,
+                    "rounds": args.rounds,
+                    "ms_per_image": {k: round(v, 4) for k, v in ms.items()},
+                    "ratio_mean_over_canonicalization": round(ms["mean"] / ms["canonicalization"], 2),
+                    "ratio_lambda_over_canonicalization": round(ms["lambda"] / ms["canonicalization"], 2),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "machine": platform.machine(),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

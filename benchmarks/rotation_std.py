@@ -17,6 +17,7 @@ The model comes from the Hydra overrides (built as train.py builds it, random in
 random (``--source random``, at the data config's shape; no data files needed) or the first ``--images``
 images of the data module's train or val split (never test). Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,7 @@ def rotation_statistics(model, images, batch_size, upsample=1):
     """Mean over images of the per-logit std over the 8 rotations; mean |logit|; rot90 invariance error."""
     stds, scales, errors = [], [], []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
+        x = images[start : start + batch_size]
         logits = torch.stack([model(rotated(x, angle, upsample)) for angle in ANGLES])  # (8, B, K)
         stds.append(logits.std(dim=0).mean(dim=-1))
         scales.append(logits[0].abs().mean(dim=-1))
@@ -112,12 +113,24 @@ def main():
     images = load_images(cfg, args.source, args.images, args.seed)
     std, scale, error = rotation_statistics(model, images, args.batch, args.upsample)
     net = getattr(model, "net", model)
-    print(json.dumps({
-        "model": f"{type(net).__module__}.{type(net).__name__}", "ckpt": args.ckpt, "overrides": args.overrides,
-        "source": args.source, "upsample": args.upsample, "images": len(images), "params": sum(p.numel() for p in model.parameters()),
-        "rotation_logit_std": round(std, 4), "logit_abs_mean": round(scale, 4),
-        "invariance_error_rot90": error, "torch": torch.__version__, "machine": platform.machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": f"{type(net).__module__}.{type(net).__name__}",
+                "ckpt": args.ckpt,
+                "overrides": args.overrides,
+                "source": args.source,
+                "upsample": args.upsample,
+                "images": len(images),
+                "params": sum(p.numel() for p in model.parameters()),
+                "rotation_logit_std": round(std, 4),
+                "logit_abs_mean": round(scale, 4),
+                "invariance_error_rot90": error,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Positional arguments are Hydra overrides of conf/train.yaml; the model is built 
 builds it (the data module is only used for its shape facts, no data is read). Prints one JSON line
 with the median and quartiles in milliseconds and images/s. Results are recorded in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "cpu", "triton"],
-                        help="GE-ViT/GSA-Nets attention path")
+    parser.add_argument(
+        "--attention", default="auto", choices=["auto", "eager", "cpu", "triton"], help="GE-ViT/GSA-Nets attention path"
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.threads:
@@ -89,14 +91,24 @@ def main():
     train = timed(train_step, args.steps, args.warmup, device)
     model.eval()
     evaluation = timed(eval_forward, args.steps, args.warmup, device)
-    print(json.dumps({
-        "model": cfg.model.get("net", {}).get("_target_", cfg.model._target_), "overrides": args.overrides,
-        "batch": args.batch, "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
-        "attention_path": attention_path, "train_step": train, "eval_forward": evaluation,
-        "train_images_per_s": round(args.batch / train["median_ms"] * 1000, 1),
-        "torch": torch.__version__, "machine": platform.machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": cfg.model.get("net", {}).get("_target_", cfg.model._target_),
+                "overrides": args.overrides,
+                "batch": args.batch,
+                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "threads": torch.get_num_threads(),
+                "params": sum(p.numel() for p in model.parameters()),
+                "attention_path": attention_path,
+                "train_step": train,
+                "eval_forward": evaluation,
+                "train_images_per_s": round(args.batch / train["median_ms"] * 1000, 1),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

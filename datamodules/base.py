@@ -7,6 +7,7 @@ whose background is 0) and ``label`` an int64 scalar. It exposes ``num_classes``
 (:meth:`BaseImageDataModule.data_fact`), and carried into the data config by ``conf/data/_facts.yaml`` so that
 models can interpolate them (``${data.num_classes}``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,7 +85,7 @@ def seeded_split(n: int, sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out, start = [], 0
     for size in sizes:
-        out.append(perm[start:start + size])
+        out.append(perm[start : start + size])
         start += size
     return out
 
@@ -147,21 +148,32 @@ class BaseImageDataModule(L.LightningDataModule):
         # The data config carries these facts (read from this class by conf/data/_facts.yaml) so that model
         # configs can interpolate them (${data.num_classes}); they describe the files, so a value that
         # disagrees with the class is a config error.
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                            ("image_size", image_size), ("mean", mean), ("std", std)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("in_channels", in_channels),
+            ("image_size", image_size),
+            ("mean", mean),
+            ("std", std),
+        ):
             expected = getattr(type(self), name, None)
             if value is None or expected is None:
                 continue
-            same = (tuple(float(v) for v in value) == tuple(float(v) for v in expected)
-                    if isinstance(expected, tuple) else value == expected)
+            same = (
+                tuple(float(v) for v in value) == tuple(float(v) for v in expected)
+                if isinstance(expected, tuple)
+                else value == expected
+            )
             if not same:
-                raise ValueError(f"{type(self).__name__}: {name}={value!r} in the config, but the data set "
-                                 f"has {name}={expected!r}; remove the override")
+                raise ValueError(
+                    f"{type(self).__name__}: {name}={value!r} in the config, but the data set "
+                    f"has {name}={expected!r}; remove the override"
+                )
         if augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
         if data_dir and Path(data_dir).is_file():
-            raise DataFileError(data_dir, "is a file, not a folder",
-                                "Point data.data_dir at the folder that holds the data files")
+            raise DataFileError(
+                data_dir, "is a file, not a folder", "Point data.data_dir at the folder that holds the data files"
+            )
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -227,8 +239,10 @@ class BaseImageDataModule(L.LightningDataModule):
         Every data module implements it (with the writers of :mod:`datamodules.fixtures`), so that the config
         tests train each ``conf/data/*.yaml`` on real-format files without knowing the data set.
         """
-        raise NotImplementedError(f"{cls.__name__} has no write_fixture: a data module writes its own tiny "
-                                  "real-format test data (see datamodules/fixtures.py) for the config tests")
+        raise NotImplementedError(
+            f"{cls.__name__} has no write_fixture: a data module writes its own tiny "
+            "real-format test data (see datamodules/fixtures.py) for the config tests"
+        )
 
     @property
     def train_transform(self) -> Optional[Callable]:

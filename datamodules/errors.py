@@ -1,4 +1,5 @@
 """Errors raised by data modules: one clear message that names the file and the fix."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ digits embedded in ``datamodules/assets/mnist``, rotated and written in the RotM
 the MNIST IDX layout; PCam's HDF5 layout holds random patches; the lensing class folders hold ring images
 as ``.npy``, PNG and JPEG files.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -56,9 +57,12 @@ def amat_bytes(images_mnist_orientation: np.ndarray, labels: np.ndarray) -> byte
     return "".join(lines).encode()
 
 
-def write_rotmnist_zip(directory: Path, n_train_valid: int, n_test: int,
-                       members: tuple[str, ...] = (RotMNISTDataModule.train_valid_name, RotMNISTDataModule.test_name),
-                       ) -> dict[str, np.ndarray]:
+def write_rotmnist_zip(
+    directory: Path,
+    n_train_valid: int,
+    n_test: int,
+    members: tuple[str, ...] = (RotMNISTDataModule.train_valid_name, RotMNISTDataModule.test_name),
+) -> dict[str, np.ndarray]:
     """Write ``mnist_rotation_new.zip`` with the two real-named ``.amat`` members into ``directory``.
 
     Pixel (0, 14, 14) of the first train_valid digit is exactly 1.0 (255) to catch uint8 wrap-around.
@@ -81,7 +85,8 @@ def write_rotmnist_amats(directory: Path, n_train_valid: int, n_test: int) -> di
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _rotmnist_arrays(n_train_valid, n_test)
     (directory / RotMNISTDataModule.train_valid_name).write_bytes(
-        amat_bytes(arrays["train_valid_images"], arrays["train_valid_labels"]))
+        amat_bytes(arrays["train_valid_images"], arrays["train_valid_labels"])
+    )
     (directory / RotMNISTDataModule.test_name).write_bytes(amat_bytes(arrays["test_images"], arrays["test_labels"]))
     return arrays
 
@@ -90,8 +95,12 @@ def _rotmnist_arrays(n_train_valid: int, n_test: int) -> dict[str, np.ndarray]:
     train_valid_images, train_valid_labels = rotated_digits(0, n_train_valid, seed=1)
     test_images, test_labels = rotated_digits(n_train_valid, n_test, seed=2)
     train_valid_images[0, 14, 14] = 255
-    return {"train_valid_images": train_valid_images, "train_valid_labels": train_valid_labels,
-            "test_images": test_images, "test_labels": test_labels}
+    return {
+        "train_valid_images": train_valid_images,
+        "train_valid_labels": train_valid_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

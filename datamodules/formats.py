@@ -10,6 +10,7 @@ never left to escape alone.
   or ``0x00000801`` (2049, labels ``(N,)``), one big-endian uint32 per dimension, then uint8 payload;
   optionally gzip-compressed (``*.gz``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -56,12 +57,17 @@ def verify_md5(path: Union[str, Path], expected: str, fix: str) -> None:
     """Raise :class:`DataFileError` (naming expected and actual md5) unless ``path`` has md5 ``expected``."""
     actual = md5sum(path)
     if actual != expected:
-        raise DataFileError(path, f"md5 checksum mismatch: expected {expected}, got {actual} "
-                                  f"(the file is incomplete, corrupt or a different file)", fix)
+        raise DataFileError(
+            path,
+            f"md5 checksum mismatch: expected {expected}, got {actual} "
+            f"(the file is incomplete, corrupt or a different file)",
+            fix,
+        )
 
 
-def download_url(url: str, destination: Union[str, Path], md5: Optional[str] = None, fix: str = "",
-                 timeout: float = 60.0) -> Path:
+def download_url(
+    url: str, destination: Union[str, Path], md5: Optional[str] = None, fix: str = "", timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``destination`` (via ``<destination>.part``), verifying ``md5`` when given.
 
     A network failure (``URLError``/``OSError``) or a checksum mismatch raises :class:`DataFileError`
@@ -83,9 +89,13 @@ def download_url(url: str, destination: Union[str, Path], md5: Optional[str] = N
         actual = md5sum(partial)
         if actual != md5:
             partial.unlink(missing_ok=True)
-            raise DataFileError(destination, f"md5 checksum mismatch for the download from {url}: expected "
-                                             f"{md5}, got {actual} (interrupted transfer or a changed file on "
-                                             f"the server; the download was deleted)", fix)
+            raise DataFileError(
+                destination,
+                f"md5 checksum mismatch for the download from {url}: expected "
+                f"{md5}, got {actual} (interrupted transfer or a changed file on "
+                f"the server; the download was deleted)",
+                fix,
+            )
     partial.replace(destination)
     return destination
 
@@ -115,8 +125,12 @@ def find_file(directories: Iterable[Union[str, Path]], candidates: Sequence[str]
 
 
 # ---- .amat ----------------------------------------------------------------------------------------
-def read_amat(source: Union[str, Path, BinaryIO], name_for_errors: Optional[str] = None,
-              fix: str = DEFAULT_FIX, chunk_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
+def read_amat(
+    source: Union[str, Path, BinaryIO],
+    name_for_errors: Optional[str] = None,
+    fix: str = DEFAULT_FIX,
+    chunk_bytes: int = 1 << 26,
+) -> tuple[np.ndarray, np.ndarray]:
     """Parse an ``.amat`` file of 28x28 digits.
 
     Args:
@@ -152,13 +166,20 @@ def read_amat(source: Union[str, Path, BinaryIO], name_for_errors: Optional[str]
     bad = (np.abs(raw_labels - labels) > 1e-6) | (labels < 0) | (labels > 9)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataFileError(name, f"row {row + 1} has label {float(raw_labels[row])}; labels (the last of the "
-                                  f"{AMAT_COLUMNS} columns) must be integers 0..9", fix)
+        raise DataFileError(
+            name,
+            f"row {row + 1} has label {float(raw_labels[row])}; labels (the last of the "
+            f"{AMAT_COLUMNS} columns) must be integers 0..9",
+            fix,
+        )
     out_of_range = (pixels < -AMAT_PIXEL_TOLERANCE) | (pixels > 1 + AMAT_PIXEL_TOLERANCE)
     if out_of_range.any():
         row, col = (int(i) for i in np.argwhere(out_of_range)[0])
-        raise DataFileError(name, f"row {row + 1} has pixel value {float(pixels[row, col])} in column {col + 1}; "
-                                  f"pixels must lie in [0, 1]", fix)
+        raise DataFileError(
+            name,
+            f"row {row + 1} has pixel value {float(pixels[row, col])} in column {col + 1}; pixels must lie in [0, 1]",
+            fix,
+        )
     images = np.clip(pixels, 0.0, 1.0).reshape(-1, 28, 28)
     return np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64)
 
@@ -186,15 +207,24 @@ def _read_amat_rows(handle: BinaryIO, name: str, fix: str, chunk_bytes: int) -> 
                 try:
                     values = np.fromstring(line, dtype=np.float32, sep=" ")
                 except (DeprecationWarning, ValueError) as err:
-                    raise DataFileError(name, f"row {len(rows) + 1} contains non-numeric text "
-                                              f"{_first_non_number(line)!r}", fix) from err
+                    raise DataFileError(
+                        name, f"row {len(rows) + 1} contains non-numeric text {_first_non_number(line)!r}", fix
+                    ) from err
                 if values.size != AMAT_COLUMNS:
                     last_line = index == len(lines) - 1 and _at_eof(handle)
                     if last_line and values.size < AMAT_COLUMNS:
-                        raise DataFileError(name, f"is truncated: its last row ({len(rows) + 1}) has only "
-                                                  f"{values.size} of {AMAT_COLUMNS} values", fix)
-                    raise DataFileError(name, f"row {len(rows) + 1} has {values.size} columns, expected "
-                                              f"{AMAT_COLUMNS} ({AMAT_PIXELS} pixels + label)", fix)
+                        raise DataFileError(
+                            name,
+                            f"is truncated: its last row ({len(rows) + 1}) has only "
+                            f"{values.size} of {AMAT_COLUMNS} values",
+                            fix,
+                        )
+                    raise DataFileError(
+                        name,
+                        f"row {len(rows) + 1} has {values.size} columns, expected "
+                        f"{AMAT_COLUMNS} ({AMAT_PIXELS} pixels + label)",
+                        fix,
+                    )
                 rows.append(values)
     if not rows:
         raise DataFileError(name, "is empty (no data rows)", fix)
@@ -248,53 +278,75 @@ def read_idx(path: Union[str, Path], expected_md5: Optional[str] = None, fix: st
     if expected_md5 is not None:
         actual = hashlib.md5(raw).hexdigest()
         if actual != expected_md5:
-            raise DataFileError(path, f"md5 checksum mismatch of the decompressed content: expected "
-                                      f"{expected_md5}, got {actual} (modified or corrupt file)", fix)
+            raise DataFileError(
+                path,
+                f"md5 checksum mismatch of the decompressed content: expected "
+                f"{expected_md5}, got {actual} (modified or corrupt file)",
+                fix,
+            )
     if len(raw) < 4:
         raise DataFileError(path, f"is too short ({len(raw)} bytes) to be an IDX file", fix)
     magic = int.from_bytes(raw[:4], "big")
     if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
-        raise DataFileError(path, f"has magic number {magic}, expected {IDX_IMAGES_MAGIC} (IDX images) or "
-                                  f"{IDX_LABELS_MAGIC} (IDX labels); not an uncompressed or gzipped MNIST IDX "
-                                  f"file", fix)
+        raise DataFileError(
+            path,
+            f"has magic number {magic}, expected {IDX_IMAGES_MAGIC} (IDX images) or "
+            f"{IDX_LABELS_MAGIC} (IDX labels); not an uncompressed or gzipped MNIST IDX "
+            f"file",
+            fix,
+        )
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataFileError(path, f"is truncated inside its header ({len(raw)} of {header} bytes)", fix)
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims))
     payload = len(raw) - header
     if payload < expected:
-        raise DataFileError(path, f"is truncated: its header announces shape {dims} ({expected} bytes) but "
-                                  f"only {payload} bytes follow", fix)
+        raise DataFileError(
+            path,
+            f"is truncated: its header announces shape {dims} ({expected} bytes) but only {payload} bytes follow",
+            fix,
+        )
     if payload > expected:
-        raise DataFileError(path, f"has {payload - expected} bytes after the {expected} that its header "
-                                  f"shape {dims} announces", fix)
+        raise DataFileError(
+            path, f"has {payload - expected} bytes after the {expected} that its header shape {dims} announces", fix
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-def read_mnist_pair(images_path: Union[str, Path], labels_path: Union[str, Path],
-                    images_md5: Optional[str] = None, labels_md5: Optional[str] = None,
-                    fix: str = DEFAULT_FIX) -> tuple[np.ndarray, np.ndarray]:
+def read_mnist_pair(
+    images_path: Union[str, Path],
+    labels_path: Union[str, Path],
+    images_md5: Optional[str] = None,
+    labels_md5: Optional[str] = None,
+    fix: str = DEFAULT_FIX,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 ``(N, 28, 28)`` and labels int64 ``(N,)`` from a matching pair of MNIST IDX files."""
     images = read_idx(images_path, images_md5, fix)
     labels = read_idx(labels_path, labels_md5, fix)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataFileError(images_path, f"holds an array of shape {images.shape}, expected MNIST images "
-                                         f"(N, 28, 28) (magic {IDX_IMAGES_MAGIC})", fix)
+        raise DataFileError(
+            images_path,
+            f"holds an array of shape {images.shape}, expected MNIST images (N, 28, 28) (magic {IDX_IMAGES_MAGIC})",
+            fix,
+        )
     if labels.ndim != 1:
-        raise DataFileError(labels_path, f"holds an array of shape {labels.shape}, expected MNIST labels "
-                                         f"(N,) (magic {IDX_LABELS_MAGIC})", fix)
+        raise DataFileError(
+            labels_path,
+            f"holds an array of shape {labels.shape}, expected MNIST labels (N,) (magic {IDX_LABELS_MAGIC})",
+            fix,
+        )
     if len(images) != len(labels):
-        raise DataFileError(labels_path, f"has {len(labels)} labels but {images_path} has {len(images)} "
-                                         f"images", fix)
+        raise DataFileError(labels_path, f"has {len(labels)} labels but {images_path} has {len(images)} images", fix)
     if labels.size and labels.max() > 9:
         raise DataFileError(labels_path, f"has label {int(labels.max())}; MNIST labels are 0..9", fix)
     return images, labels.astype(np.int64)
 
 
-def open_zip_member(archive: zipfile.ZipFile, basename: str, archive_path: Union[str, Path],
-                    fix: str) -> io.BufferedIOBase:
+def open_zip_member(
+    archive: zipfile.ZipFile, basename: str, archive_path: Union[str, Path], fix: str
+) -> io.BufferedIOBase:
     """Open the member of ``archive`` whose file name (in any folder) is ``basename``."""
     members = [info for info in archive.infolist() if Path(info.filename).name == basename]
     if not members:

@@ -4,6 +4,7 @@ On disk: one folder per class under ``data_dir`` (the EqCvT data, ``lenses.tgz``
 5,000 PyAutoLens simulations each), each holding single-image files: ``.npy`` arrays or image files
 (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,11 @@ from datamodules.errors import DataFileError
 NPY_SUFFIXES = (".npy",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NPY_SCALINGS = ("none", "minmax")
-DOWNLOAD_HINT = ("download lenses.tgz (Google Drive id 16Y1taQoTeUTP5rGpB0tuPZ_S30acvnqr, linked from "
-                 "github.com/sachdevkartik/GSoC-2022), extract it and point data.data_dir at the folder that "
-                 "holds the class folders (no_sub/, sub/)")
+DOWNLOAD_HINT = (
+    "download lenses.tgz (Google Drive id 16Y1taQoTeUTP5rGpB0tuPZ_S30acvnqr, linked from "
+    "github.com/sachdevkartik/GSoC-2022), extract it and point data.data_dir at the folder that "
+    "holds the class folders (no_sub/, sub/)"
+)
 # ITU-R 601 luma, the weights of PIL's convert("L"), for arrays stored with 3 colour channels.
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -65,8 +68,12 @@ def _npy_to_image(path: Path, array: np.ndarray, npy_scaling: str, fix: str) -> 
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = np.moveaxis(array, 0, -1)  # channels first -> channels last
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))) or min(array.shape) < 1:
-        raise DataFileError(path, f"holds an array of shape {array.shape}; expected one single-channel image "
-                                  f"(H, W), (1, H, W) or (H, W, 1) (or 3 colour channels)", fix)
+        raise DataFileError(
+            path,
+            f"holds an array of shape {array.shape}; expected one single-channel image "
+            f"(H, W), (1, H, W) or (H, W, 1) (or 3 colour channels)",
+            fix,
+        )
     if np.issubdtype(array.dtype, np.unsignedinteger):
         image = array.astype(np.float64) / float(np.iinfo(array.dtype).max)
     elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.signedinteger):
@@ -77,9 +84,12 @@ def _npy_to_image(path: Path, array: np.ndarray, npy_scaling: str, fix: str) -> 
             low, high = image.min(), image.max()
             image = (image - low) / (high - low) if high > low else np.zeros_like(image)
         elif image.min() < 0.0 or image.max() > 1.0:
-            raise DataFileError(path, f"has values in [{image.min():.4g}, {image.max():.4g}], outside [0, 1]",
-                                "Rescale the files to [0, 1], or set data.npy_scaling=minmax to map each "
-                                "image's minimum/maximum to 0/1")
+            raise DataFileError(
+                path,
+                f"has values in [{image.min():.4g}, {image.max():.4g}], outside [0, 1]",
+                "Rescale the files to [0, 1], or set data.npy_scaling=minmax to map each "
+                "image's minimum/maximum to 0/1",
+            )
     else:
         raise DataFileError(path, f"has dtype {array.dtype}; expected an integer or float image", fix)
     if image.ndim == 3:
@@ -97,18 +107,30 @@ def fit_to_size(image: torch.Tensor, image_size: int, crop_size: Optional[int] =
     _, h, w = image.shape
     if crop_size is not None and h >= crop_size and w >= crop_size:
         top, left = (h - crop_size) // 2, (w - crop_size) // 2
-        image = image[:, top:top + crop_size, left:left + crop_size]
+        image = image[:, top : top + crop_size, left : left + crop_size]
     if tuple(image.shape[1:]) != (image_size, image_size):
-        image = F.interpolate(image.unsqueeze(0), size=(image_size, image_size), mode="bilinear",
-                              align_corners=False, antialias=True).squeeze(0).clamp_(0.0, 1.0)
+        image = (
+            F.interpolate(
+                image.unsqueeze(0), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+            )
+            .squeeze(0)
+            .clamp_(0.0, 1.0)
+        )
     return image
 
 
 class LensingFileDataset(Dataset):
     """Images read lazily from ``paths`` (one file per item), fitted to ``image_size``; int64 ``labels``."""
 
-    def __init__(self, paths: Sequence[Path], labels: torch.Tensor, image_size: int, crop_size: Optional[int],
-                 npy_scaling: str, transform=None):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: torch.Tensor,
+        image_size: int,
+        crop_size: Optional[int],
+        npy_scaling: str,
+        transform=None,
+    ):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         self.paths, self.labels = list(paths), labels.long()
@@ -119,8 +141,7 @@ class LensingFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        image = fit_to_size(read_lensing_image(self.paths[index], self.npy_scaling), self.image_size,
-                            self.crop_size)
+        image = fit_to_size(read_lensing_image(self.paths[index], self.npy_scaling), self.image_size, self.crop_size)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
@@ -138,7 +159,7 @@ def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int
     for cls in torch.unique(labels):
         members = torch.nonzero(labels == cls).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        bounds = [0] + [math.floor(len(members) * sum(fractions[:i + 1]) + 0.5) for i in range(len(fractions))]
+        bounds = [0] + [math.floor(len(members) * sum(fractions[: i + 1]) + 0.5) for i in range(len(fractions))]
         for part, start, stop in zip(parts, bounds[:-1], bounds[1:]):
             part.append(members[start:stop])
     return [torch.cat(part).sort().values for part in parts]
@@ -189,9 +210,16 @@ class LensingDataModule(BaseImageDataModule):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, pin_memory=pin_memory, split_seed=split_seed,
-                         augmentation=augmentation, in_channels=in_channels)
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            split_seed=split_seed,
+            augmentation=augmentation,
+            in_channels=in_channels,
+        )
         fractions = (train_fraction, val_fraction, test_fraction)
         if min(fractions) <= 0.0 or sum(fractions) > 1.0 + 1e-9:
             raise ValueError(f"train/val/test fractions must be > 0 and sum to at most 1, got {fractions}")
@@ -220,15 +248,19 @@ class LensingDataModule(BaseImageDataModule):
             nested = ""
             if len(folders) == 1 and any(p.is_dir() for p in folders[0].iterdir()):
                 nested = f" (did you mean data.data_dir={folders[0]}?)"
-            raise DataFileError(root, f"holds {len(folders)} class folder(s) ({names}) but num_classes="
-                                      f"{self.num_classes}{nested}",
-                                f"Set data.num_classes={len(folders)} or point data.data_dir at the folder "
-                                f"whose sub-folders are the classes")
+            raise DataFileError(
+                root,
+                f"holds {len(folders)} class folder(s) ({names}) but num_classes={self.num_classes}{nested}",
+                f"Set data.num_classes={len(folders)} or point data.data_dir at the folder "
+                f"whose sub-folders are the classes",
+            )
         for folder in folders:
             if not self._files(folder):
-                raise DataFileError(folder, f"holds no image files ({', '.join(NPY_SUFFIXES + IMAGE_SUFFIXES)})",
-                                    f"Put the class's images there, or remove the folder; to get the data, "
-                                    f"{DOWNLOAD_HINT}")
+                raise DataFileError(
+                    folder,
+                    f"holds no image files ({', '.join(NPY_SUFFIXES + IMAGE_SUFFIXES)})",
+                    f"Put the class's images there, or remove the folder; to get the data, {DOWNLOAD_HINT}",
+                )
         return folders
 
     @staticmethod
@@ -255,13 +287,22 @@ class LensingDataModule(BaseImageDataModule):
         splits = stratified_split(label_tensor, self.fractions, self.split_seed)
         for name, indices in zip(("train", "val", "test"), splits):
             if len(indices) == 0:
-                raise DataFileError(self.data_dir, f"has too few files ({len(paths)}) for a non-empty {name} split "
-                                                   f"with fractions {self.fractions}",
-                                    "Add files or change data.train_fraction/val_fraction/test_fraction")
-        datasets = [LensingFileDataset([paths[i] for i in indices], label_tensor[indices], self.image_size,
-                                       self.crop_size, self.npy_scaling,
-                                       self.train_transform if name == "train" else None)
-                    for name, indices in zip(("train", "val", "test"), splits)]
+                raise DataFileError(
+                    self.data_dir,
+                    f"has too few files ({len(paths)}) for a non-empty {name} split with fractions {self.fractions}",
+                    "Add files or change data.train_fraction/val_fraction/test_fraction",
+                )
+        datasets = [
+            LensingFileDataset(
+                [paths[i] for i in indices],
+                label_tensor[indices],
+                self.image_size,
+                self.crop_size,
+                self.npy_scaling,
+                self.train_transform if name == "train" else None,
+            )
+            for name, indices in zip(("train", "val", "test"), splits)
+        ]
         self.train_set, self.val_set, self.test_set = datasets
 
     @classmethod

@@ -1,4 +1,5 @@
 """Upright MNIST for training, tested on RotMNIST (the MNIST -> RotMNIST experiment) or on MNIST."""
+
 from __future__ import annotations
 
 import logging
@@ -92,11 +93,14 @@ class MNISTDataModule(BaseImageDataModule):
     def _download_or_fail(self, missing: list[str]) -> None:
         names = [name for split in missing for name in MNIST_FILES[split]]
         where = Path(self.data_dir) / names[0]
-        how = (f"Run with data.download=true, or put {', '.join(names)} (optionally .gz) into {self.data_dir} "
-               f"or {Path(self.data_dir) / 'MNIST' / 'raw'}")
+        how = (
+            f"Run with data.download=true, or put {', '.join(names)} (optionally .gz) into {self.data_dir} "
+            f"or {Path(self.data_dir) / 'MNIST' / 'raw'}"
+        )
         if not self.download:
-            raise DataFileError(where, f"not found (looked for {', '.join(names)} in {self.data_dir} and "
-                                       f"its MNIST/raw folder)", how)
+            raise DataFileError(
+                where, f"not found (looked for {', '.join(names)} in {self.data_dir} and its MNIST/raw folder)", how
+            )
         from torchvision.datasets import MNIST
 
         log.info("downloading MNIST into %s", Path(self.data_dir) / "MNIST" / "raw")
@@ -111,8 +115,10 @@ class MNISTDataModule(BaseImageDataModule):
         """Build train/val/test (all three, whatever ``stage``); a second call does nothing."""
         if self.train_set is not None:
             return
-        fix = ("Delete it and run again with data.download=true, or replace it with the original MNIST file "
-               "(e.g. from torchvision.datasets.MNIST)")
+        fix = (
+            "Delete it and run again with data.download=true, or replace it with the original MNIST file "
+            "(e.g. from torchvision.datasets.MNIST)"
+        )
         paths = self._find("train")
         if paths is None:
             self._download_or_fail(["train"])

@@ -1,4 +1,5 @@
 """PatchCamelyon (PCam): 96x96 histopathology patches, tumour / no tumour, read lazily from HDF5."""
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,11 @@ class H5PatchDataset(Dataset):
         try:
             patch = self._images()[row]
         except OSError as err:
-            raise DataFileError(self.x_path, f"patch {row} cannot be read (truncated or corrupt?): {err}",
-                                "Delete it and download it again") from err
+            raise DataFileError(
+                self.x_path,
+                f"patch {row} cannot be read (truncated or corrupt?): {err}",
+                "Delete it and download it again",
+            ) from err
         image = torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
         if self.transform is not None:
             image = self.transform(image)
@@ -131,22 +135,30 @@ class PCamDataModule(BaseImageDataModule):
         return Path(self.data_dir) / pcam_file_name(split, kind)
 
     def _fix(self, path: Path) -> str:
-        return (f"Delete it and run again with data.download=true, or download "
-                f"{self.url_template.format(name=path.name)}, gunzip it and put it in {self.data_dir}")
+        return (
+            f"Delete it and run again with data.download=true, or download "
+            f"{self.url_template.format(name=path.name)}, gunzip it and put it in {self.data_dir}"
+        )
 
     def prepare_data(self) -> None:
         """Download and gunzip the missing files when ``download=True``; else fail naming them."""
-        missing = [self._path(split, kind) for split in FILE_SPLITS for kind in ("x", "y")
-                   if not self._path(split, kind).is_file()]
+        missing = [
+            self._path(split, kind)
+            for split in FILE_SPLITS
+            for kind in ("x", "y")
+            if not self._path(split, kind).is_file()
+        ]
         if not missing:
             return
         if not self.download:
             names = ", ".join(path.name for path in missing)
-            raise DataFileError(missing[0], f"not found ({len(missing)} PCam file(s) missing in {self.data_dir}: "
-                                            f"{names})",
-                                f"Run with data.download=true, or download them from Zenodo record 2546921 "
-                                f"({self.url_template.format(name=missing[0].name)}), gunzip them and put "
-                                f"them in {self.data_dir}")
+            raise DataFileError(
+                missing[0],
+                f"not found ({len(missing)} PCam file(s) missing in {self.data_dir}: {names})",
+                f"Run with data.download=true, or download them from Zenodo record 2546921 "
+                f"({self.url_template.format(name=missing[0].name)}), gunzip them and put "
+                f"them in {self.data_dir}",
+            )
         for path in missing:
             archive = path.with_name(path.name + ".gz")
             url = self.url_template.format(name=path.name)
@@ -172,48 +184,60 @@ class PCamDataModule(BaseImageDataModule):
         with self._open(x_path) as handle:
             images = self._dataset(handle, "x", x_path)
             if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
-                raise DataFileError(x_path, f"dataset 'x' has shape {images.shape} and dtype {images.dtype}; "
-                                            f"expected (N, 96, 96, 3) uint8", self._fix(x_path))
+                raise DataFileError(
+                    x_path,
+                    f"dataset 'x' has shape {images.shape} and dtype {images.dtype}; expected (N, 96, 96, 3) uint8",
+                    self._fix(x_path),
+                )
             n = images.shape[0]
             try:
                 if n:  # reading the first and last patch catches most truncated files
                     _ = images[0], images[n - 1]
             except OSError as err:
-                raise DataFileError(x_path, f"its patches cannot be read (truncated or corrupt?): {err}",
-                                    self._fix(x_path)) from err
+                raise DataFileError(
+                    x_path, f"its patches cannot be read (truncated or corrupt?): {err}", self._fix(x_path)
+                ) from err
         with self._open(y_path) as handle:
             targets = self._dataset(handle, "y", y_path)
-            if targets.shape not in ((targets.shape[0], 1, 1, 1), (targets.shape[0],)) \
-                    or not np.issubdtype(targets.dtype, np.integer):
-                raise DataFileError(y_path, f"dataset 'y' has shape {targets.shape} and dtype {targets.dtype}; "
-                                            f"expected integer labels of shape (N, 1, 1, 1) or (N,)",
-                                    self._fix(y_path))
+            if targets.shape not in ((targets.shape[0], 1, 1, 1), (targets.shape[0],)) or not np.issubdtype(
+                targets.dtype, np.integer
+            ):
+                raise DataFileError(
+                    y_path,
+                    f"dataset 'y' has shape {targets.shape} and dtype {targets.dtype}; "
+                    f"expected integer labels of shape (N, 1, 1, 1) or (N,)",
+                    self._fix(y_path),
+                )
             try:
                 labels = targets[()].reshape(-1).astype(np.int64)
             except OSError as err:
-                raise DataFileError(y_path, f"its labels cannot be read (truncated or corrupt?): {err}",
-                                    self._fix(y_path)) from err
+                raise DataFileError(
+                    y_path, f"its labels cannot be read (truncated or corrupt?): {err}", self._fix(y_path)
+                ) from err
         if len(labels) != n:
-            raise DataFileError(y_path, f"has {len(labels)} labels but {x_path.name} has {n} patches",
-                                self._fix(y_path))
+            raise DataFileError(
+                y_path, f"has {len(labels)} labels but {x_path.name} has {n} patches", self._fix(y_path)
+            )
         if labels.size and not np.isin(labels, (0, 1)).all():
             bad = np.setdiff1d(np.unique(labels), [0, 1])[:5].tolist()
             raise DataFileError(y_path, f"has labels {bad}; PCam labels are 0 or 1", self._fix(y_path))
         if n != OFFICIAL_LENGTHS[split]:
-            log.warning("PCam %s split has %d patches; the official files have %d", split, n,
-                        OFFICIAL_LENGTHS[split])
+            log.warning("PCam %s split has %d patches; the official files have %d", split, n, OFFICIAL_LENGTHS[split])
         return x_path, labels
 
     def _open(self, path: Path) -> h5py.File:
         if not path.is_file():
-            raise DataFileError(path, "not found", f"Run with data.download=true (or call prepare_data), or "
-                                                   f"download {self.url_template.format(name=path.name)}, "
-                                                   f"gunzip it and put it in {self.data_dir}")
+            raise DataFileError(
+                path,
+                "not found",
+                f"Run with data.download=true (or call prepare_data), or "
+                f"download {self.url_template.format(name=path.name)}, "
+                f"gunzip it and put it in {self.data_dir}",
+            )
         try:
             return h5py.File(path, "r")
         except OSError as err:
-            raise DataFileError(path, f"not a valid HDF5 file (truncated or corrupt?): {err}",
-                                self._fix(path)) from err
+            raise DataFileError(path, f"not a valid HDF5 file (truncated or corrupt?): {err}", self._fix(path)) from err
 
     def _dataset(self, handle: h5py.File, key: str, path: Path) -> h5py.Dataset:
         if key not in handle or not isinstance(handle[key], h5py.Dataset):

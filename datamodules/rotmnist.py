@@ -1,4 +1,5 @@
 """RotMNIST: the rotated-MNIST benchmark of Larochelle et al. (ICML 2007), ``mnist_rotation_new.zip``."""
+
 from __future__ import annotations
 
 import json
@@ -113,9 +114,12 @@ class RotMNISTDataModule(BaseImageDataModule):
         train_valid_labels = torch.from_numpy(arrays["train_valid_labels"].astype(np.int64))
         n = len(train_valid_labels)
         if self.train_size + self.val_size > n:
-            raise DataFileError(self._source_description(), f"the train_valid split has {n} rows, fewer than "
-                                f"train_size + val_size = {self.train_size} + {self.val_size}",
-                                f"Lower data.train_size/data.val_size; if the file is cut short: {self._fix_hint()}")
+            raise DataFileError(
+                self._source_description(),
+                f"the train_valid split has {n} rows, fewer than "
+                f"train_size + val_size = {self.train_size} + {self.val_size}",
+                f"Lower data.train_size/data.val_size; if the file is cut short: {self._fix_hint()}",
+            )
         train_images = train_valid_images[: self.train_size]
         train_labels = train_valid_labels[: self.train_size]
         keep = subsample_indices(len(train_labels), self.train_fraction, self.split_seed, labels=train_labels)
@@ -171,8 +175,10 @@ class RotMNISTDataModule(BaseImageDataModule):
         return []
 
     def _fix_hint(self) -> str:
-        return (f"Delete it (and {self.cache_name}) and run again with data.download=true, or download "
-                f"{self.url} into {self.data_dir} by hand (md5 {self.md5})")
+        return (
+            f"Delete it (and {self.cache_name}) and run again with data.download=true, or download "
+            f"{self.url} into {self.data_dir} by hand (md5 {self.md5})"
+        )
 
     def _source_description(self) -> str:
         sources = self._find_sources()
@@ -181,11 +187,14 @@ class RotMNISTDataModule(BaseImageDataModule):
     def _download_or_fail(self) -> list[Path]:
         zip_path = Path(self.data_dir) / self.zip_name
         if not self.download:
-            raise DataFileError(zip_path, f"not found (nor the extracted {self.train_valid_name} and "
-                                          f"{self.test_name} next to it)",
-                                f"Run with data.download=true, or download {self.url} into {self.data_dir}")
-        download_url(self.url, zip_path, md5=self.md5,
-                     fix=f"Try again, or download {self.url} by hand into {self.data_dir}")
+            raise DataFileError(
+                zip_path,
+                f"not found (nor the extracted {self.train_valid_name} and {self.test_name} next to it)",
+                f"Run with data.download=true, or download {self.url} into {self.data_dir}",
+            )
+        download_url(
+            self.url, zip_path, md5=self.md5, fix=f"Try again, or download {self.url} by hand into {self.data_dir}"
+        )
         return [zip_path]
 
     @staticmethod
@@ -202,23 +211,30 @@ class RotMNISTDataModule(BaseImageDataModule):
             try:
                 archive = zipfile.ZipFile(zip_path)
             except (zipfile.BadZipFile, OSError) as err:
-                raise DataFileError(zip_path, f"is not a valid zip archive (truncated or corrupt?): {err}",
-                                    fix) from err
+                raise DataFileError(
+                    zip_path, f"is not a valid zip archive (truncated or corrupt?): {err}", fix
+                ) from err
             with archive:
                 parsed = {}
                 for split, member in (("train_valid", self.train_valid_name), ("test", self.test_name)):
                     with open_zip_member(archive, member, zip_path, fix) as handle:
                         parsed[split] = read_amat(handle, f"{zip_path}:{member}", fix)
         else:
-            fix = (f"Replace it with the file extracted from {self.zip_name} ({self.url}), or put the zip "
-                   f"itself into {self.data_dir}")
+            fix = (
+                f"Replace it with the file extracted from {self.zip_name} ({self.url}), or put the zip "
+                f"itself into {self.data_dir}"
+            )
             parsed = {split: read_amat(path, str(path), fix) for split, path in zip(("train_valid", "test"), sources)}
         log.info("parsed RotMNIST from %s", ", ".join(str(path) for path in sources))
         arrays = {}
         for split, (images, labels) in parsed.items():
             if len(labels) != self.official_rows[split]:
-                log.warning("RotMNIST %s file has %d rows; the official file has %d", split, len(labels),
-                            self.official_rows[split])
+                log.warning(
+                    "RotMNIST %s file has %d rows; the official file has %d",
+                    split,
+                    len(labels),
+                    self.official_rows[split],
+                )
             arrays[f"{split}_images"] = quantize_uint8(images)
             arrays[f"{split}_labels"] = labels.astype(np.uint8)
         return arrays
@@ -251,8 +267,9 @@ class RotMNISTDataModule(BaseImageDataModule):
                 partial.unlink(missing_ok=True)
             except OSError:
                 pass
-            log.warning("could not write the RotMNIST cache %s (%s); the files will be parsed again next time",
-                        path, err)
+            log.warning(
+                "could not write the RotMNIST cache %s (%s); the files will be parsed again next time", path, err
+            )
 
     # ---- test data ---------------------------------------------------------------------------------
     @classmethod

@@ -1,4 +1,5 @@
 """RotMNIST-mini: a small RotMNIST-style data set built from the embedded MNIST test digits (offline default)."""
+
 from __future__ import annotations
 
 import logging
@@ -72,8 +73,10 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         sizes = (train_size, val_size, test_size)
         if min(sizes) < 0 or sum(sizes) > N_DIGITS:
-            raise ValueError(f"train_size + val_size + test_size = {sum(sizes)} must be at most {N_DIGITS} "
-                             f"(and each >= 0); got {sizes}")
+            raise ValueError(
+                f"train_size + val_size + test_size = {sum(sizes)} must be at most {N_DIGITS} "
+                f"(and each >= 0); got {sizes}"
+            )
         self.variant = variant
         self.generation_seed = generation_seed
         self.train_size = train_size
@@ -88,9 +91,12 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
             labels = find_file([directory], [LABELS_NAME + ".gz", LABELS_NAME])
             if images is not None and labels is not None:
                 return images, labels
-        raise DataFileError(ASSET_DIR / (IMAGES_NAME + ".gz"), "the embedded MNIST test digits are missing",
-                            "Restore datamodules/assets/mnist from the repository (git checkout -- "
-                            "datamodules/assets/mnist) or reinstall the package")
+        raise DataFileError(
+            ASSET_DIR / (IMAGES_NAME + ".gz"),
+            "the embedded MNIST test digits are missing",
+            "Restore datamodules/assets/mnist from the repository (git checkout -- "
+            "datamodules/assets/mnist) or reinstall the package",
+        )
 
     def prepare_data(self) -> None:
         """Nothing to download; checks that the digits are there (cheap)."""
@@ -101,8 +107,10 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
         images_path, labels_path = self.source_files()
         if images_path.parent != ASSET_DIR:
             log.info("RotMNIST-mini: using the MNIST test digits in %s", images_path.parent)
-        fix = ("Restore the original file (git checkout -- datamodules/assets/mnist, or copy the official "
-               "MNIST t10k files there)")
+        fix = (
+            "Restore the original file (git checkout -- datamodules/assets/mnist, or copy the official "
+            "MNIST t10k files there)"
+        )
         images, labels = read_mnist_pair(images_path, labels_path, IMAGES_MD5, LABELS_MD5, fix=fix)
         upright = torch.from_numpy(images).unsqueeze(1)
         generator = torch.Generator().manual_seed(self.generation_seed)
@@ -118,8 +126,9 @@ class RotMNISTMiniDataModule(BaseImageDataModule):
         if self.train_set is not None:
             return
         upright, rotated, labels = self.generate()
-        train_idx, val_idx, test_idx = seeded_split(len(labels), [self.train_size, self.val_size, self.test_size],
-                                                    self.split_seed)
+        train_idx, val_idx, test_idx = seeded_split(
+            len(labels), [self.train_size, self.val_size, self.test_size], self.split_seed
+        )
         fit_images = upright if self.variant == "upright_train" else rotated
         self.train_set = TensorImageDataset(fit_images[train_idx], labels[train_idx], self.train_transform)
         self.val_set = TensorImageDataset(fit_images[val_idx], labels[val_idx])

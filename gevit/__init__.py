@@ -9,6 +9,7 @@ One import gives a notebook everything it needs::
 Configs build the same classes through their ``_target_`` (``conf/model/*.yaml``); :func:`create_model` is
 the by-name shortcut for notebooks and scripts.
 """
+
 from gevit import groups, models
 from gevit.models import VisionTransformer
 from gevit.registry import create_model, list_models, register_model

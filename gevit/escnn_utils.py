@@ -22,6 +22,7 @@ it at construction, so a model that wraps its escnn parts in it needs nothing el
 :class:`GeometricWrapper` is replaced by escnn's ``export()`` (plain ``Conv2d``/``BatchNorm``/``ReLU``...
 with the expanded filters): same logits, no basis expansion or type checks at run time.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,9 @@ def _drop_cached_buffers_on_save(module: nn.Module, state_dict: dict, prefix: st
         state_dict.pop(prefix + name, None)
 
 
-def _ignore_cached_buffers_on_load(module: nn.Module, state_dict: dict, prefix: str, local_metadata, strict,
-                                   missing_keys, unexpected_keys, error_msgs) -> None:
+def _ignore_cached_buffers_on_load(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
     # Cached buffers in the incoming dict are discarded (they are rebuilt after loading); a buffer the
     # module holds now is fed its own value so that strict loading does not report it as missing.
     for name in mode_dependent_buffers(module):
@@ -150,8 +152,7 @@ def export_equivariant(module: enn.EquivariantModule) -> nn.Module:
     """
     if isinstance(module, enn.SequentialModule):
         module.eval()
-        return nn.Sequential(OrderedDict((name, export_equivariant(child))
-                                         for name, child in module._modules.items()))
+        return nn.Sequential(OrderedDict((name, export_equivariant(child)) for name, child in module._modules.items()))
     if isinstance(module, enn.PointwiseAvgPoolAntialiased2D):
         return FixedDepthwiseConv2d(module.filter, module.stride, module.padding)
     return module.export()

@@ -28,6 +28,7 @@ per-view maps (:meth:`Group.orbit`, :meth:`Group.undo_orbit`: post-hoc views, au
 of the pixels of a k x k kernel (:meth:`Group.kernel_orbits`: tied, invariant kernels) and the orbit
 average of a kernel (:meth:`Group.symmetrize`).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,17 @@ _SPECS = {
 
 # Names used for input-transformation groups (post-hoc wrappers) and the C_n / D_n names of the escnn
 # models are aliases of the same groups (looked up case-insensitively: C4 = c4 = p4).
-ALIASES = {"c1": "z2", "c4": "p4", "c8": "p8", "c12": "p12", "c16": "p16", "flip": "mz2", "d1": "mz2",
-           "d4": "p4m", "d8": "p8m"}
+ALIASES = {
+    "c1": "z2",
+    "c4": "p4",
+    "c8": "p8",
+    "c12": "p12",
+    "c16": "p16",
+    "flip": "mz2",
+    "d1": "mz2",
+    "d4": "p4m",
+    "d8": "p8m",
+}
 
 GROUP_NAMES = tuple(_SPECS) + tuple(ALIASES)
 
@@ -139,8 +149,9 @@ class Group:
         return offsets @ self.matrix(index, offsets.dtype).T
 
     # ---- actions on images and feature maps --------------------------------------------------------
-    def act_on_images(self, images: torch.Tensor, index: int, interpolation: str = "bilinear",
-                      padding_mode: str = "zeros") -> torch.Tensor:
+    def act_on_images(
+        self, images: torch.Tensor, index: int, interpolation: str = "bilinear", padding_mode: str = "zeros"
+    ) -> torch.Tensor:
         """Transform (..., H, W) images by the element: mirror (if any), then rotate counter-clockwise.
 
         Exact (``torch.flip`` / ``torch.rot90``) for multiples of 90 degrees; interpolated otherwise.
@@ -155,7 +166,8 @@ class Group:
         lead = out.shape[:-2]
         flat = out.reshape(-1, 1, *out.shape[-2:])
         return rotate(flat, angle, interpolation=interpolation, padding_mode=padding_mode).reshape(
-            *lead, *out.shape[-2:])
+            *lead, *out.shape[-2:]
+        )
 
     def orbit(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
         """All transformed copies: (B, C, H, W) -> (B, |G|, C, H, W), element ``i`` at position ``i``."""
@@ -179,8 +191,9 @@ class Group:
     def undo_orbit(self, maps: torch.Tensor, **kwargs) -> torch.Tensor:
         """The inverse of :meth:`orbit` view by view: (B, |G|, ..., h, w) -> (B, |G|, ..., h, w) with
         ``g_i^-1`` applied to the spatial axes of entry ``i`` (exact for multiples of 90 degrees)."""
-        return torch.stack([self.act_on_images(maps[:, i], self.inverse(i), **kwargs)
-                            for i in range(self.order)], dim=1)
+        return torch.stack(
+            [self.act_on_images(maps[:, i], self.inverse(i), **kwargs) for i in range(self.order)], dim=1
+        )
 
     def random_element(self, generator: torch.Generator | None = None) -> int:
         """A uniformly random element index (the rotation is drawn first, then the mirror bit)."""
@@ -191,7 +204,9 @@ class Group:
     # ---- kernels -------------------------------------------------------------------------------------
     def _require_exact(self, what: str) -> None:
         if not self.acts_exactly_on_pixels:
-            raise ValueError(f"{what} needs a group acting exactly on the pixel grid (z2, p4, mz2, p4m), got {self.name}")
+            raise ValueError(
+                f"{what} needs a group acting exactly on the pixel grid (z2, p4, mz2, p4m), got {self.name}"
+            )
 
     def kernel_orbits(self, kernel_size: int) -> torch.Tensor:
         """Orbit index ``(k, k)`` (values 0..n_orbits-1) of the pixels of a k x k grid under the group.

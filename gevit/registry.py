@@ -1,5 +1,6 @@
 """A name -> constructor registry, so that configs, notebooks and post-hoc wrappers can build any
 backbone by name: ``gevit.create_model("vit", num_classes=10)``."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict

@@ -12,6 +12,7 @@ multiples of 90 degrees, bilinear otherwise, see :func:`gevit.rotations.rotate`)
 For an exactly C4-invariant model the 90/180/270 errors are at float precision; other angles are
 measured, not expected to vanish (the pixel grid is not rotation-symmetric).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ class RotationRobustness:
 
     angles: Sequence[float] = field(default_factory=default_angles)
     interpolation: str = "bilinear"
-    padding_mode: str = "zeros"      # F.grid_sample's fill of pixels rotated in from outside
+    padding_mode: str = "zeros"  # F.grid_sample's fill of pixels rotated in from outside
 
     def __post_init__(self):
         # 0 is the reference of the invariance error; the quarter turns give the exact-invariance summary.
@@ -54,12 +55,19 @@ class RotationRobustness:
         self.count = torch.zeros((), dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor
+    ) -> None:
         reference = model(images).float()
         ref_norm = reference.norm(dim=-1).clamp_min(1e-12)
         for i, angle in enumerate(self.angles):
-            logits = reference if angle == 0.0 else model(
-                rotate(images, angle, interpolation=self.interpolation, padding_mode=self.padding_mode)).float()
+            logits = (
+                reference
+                if angle == 0.0
+                else model(
+                    rotate(images, angle, interpolation=self.interpolation, padding_mode=self.padding_mode)
+                ).float()
+            )
             self.correct[i] += (logits.argmax(-1) == targets).sum().item()
             self.error_sum[i] += ((logits - reference).norm(dim=-1) / ref_norm).sum().item()
         self.count += len(targets)
@@ -71,7 +79,7 @@ class RotationRobustness:
     def load_state_tensor(self, state: torch.Tensor) -> None:
         n = len(self.angles)
         state = state.detach().to("cpu", torch.float64)
-        self.correct, self.error_sum, self.count = state[:n].clone(), state[n:2 * n].clone(), state[2 * n].clone()
+        self.correct, self.error_sum, self.count = state[:n].clone(), state[n : 2 * n].clone(), state[2 * n].clone()
 
     def result(self, requested_angles: Optional[Iterable[float]] = None) -> dict:
         """``{"angles", "accuracy", "invariance_error", "num_samples", "acc_mean", "acc_min",
@@ -79,8 +87,7 @@ class RotationRobustness:
         n = max(float(self.count), 1.0)
         acc = (self.correct / n).tolist()
         err = (self.error_sum / n).tolist()
-        keep = (sorted({float(a) % 360.0 for a in requested_angles}) if requested_angles is not None
-                else self.angles)
+        keep = sorted({float(a) % 360.0 for a in requested_angles}) if requested_angles is not None else self.angles
         idx = [self.angles.index(a) for a in keep]
         quarter = [err[self.angles.index(a)] for a in QUARTER_TURNS]
         return {
@@ -94,10 +101,14 @@ class RotationRobustness:
         }
 
 
-def evaluate_rotation_robustness(model: Callable[[torch.Tensor], torch.Tensor],
-                                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                                 angles: Sequence[float] = None, max_samples: Optional[int] = None,
-                                 device: Optional[torch.device] = None, **kwargs) -> dict:
+def evaluate_rotation_robustness(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    angles: Sequence[float] = None,
+    max_samples: Optional[int] = None,
+    device: Optional[torch.device] = None,
+    **kwargs,
+) -> dict:
     """Evaluate ``model`` on ``batches`` of (images, labels) at every angle (see module docstring)."""
     meter = RotationRobustness(angles=angles if angles is not None else default_angles(), **kwargs)
     seen = 0

@@ -4,6 +4,7 @@ Convention (shared by every part of gevit): a positive angle rotates the image *
 as displayed (row 0 at the top), so ``rotate(x, 90) == torch.rot90(x, 1, dims=(-2, -1))`` and
 ``rotate(x, a)`` matches ``torchvision.transforms.v2.functional.rotate(x, a)`` up to interpolation.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,9 @@ Interpolation = Literal["bilinear", "nearest", "bicubic"]
 PaddingMode = Literal["zeros", "border", "reflection"]  # F.grid_sample's padding_mode (how outside pixels are filled)
 
 
-def rotation_grid(batch: int, height: int, width: int, angle_deg: float | torch.Tensor,
-                  device=None, dtype=torch.float32) -> torch.Tensor:
+def rotation_grid(
+    batch: int, height: int, width: int, angle_deg: float | torch.Tensor, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """Sampling grid (B, H, W, 2) for ``F.grid_sample`` that rotates counter-clockwise by ``angle_deg``.
 
     ``angle_deg`` is a float (same angle for the batch) or a tensor of shape (B,).
@@ -32,8 +34,12 @@ def rotation_grid(batch: int, height: int, width: int, angle_deg: float | torch.
     return F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
 
 
-def rotate(images: torch.Tensor, angle_deg: float | torch.Tensor, interpolation: Interpolation = "bilinear",
-           padding_mode: PaddingMode = "zeros") -> torch.Tensor:
+def rotate(
+    images: torch.Tensor,
+    angle_deg: float | torch.Tensor,
+    interpolation: Interpolation = "bilinear",
+    padding_mode: PaddingMode = "zeros",
+) -> torch.Tensor:
     """Rotate ``images`` (B, C, H, W) counter-clockwise by ``angle_deg`` degrees.
 
     Multiples of 90 degrees (scalar angle) use ``torch.rot90`` and are exact; other angles resample
@@ -47,7 +53,9 @@ def rotate(images: torch.Tensor, angle_deg: float | torch.Tensor, interpolation:
         if abs(quarter_turns - round(quarter_turns)) < 1e-9:
             return torch.rot90(images, int(round(quarter_turns)) % 4, dims=(-2, -1))
     b, _, h, w = images.shape
-    grid = rotation_grid(b, h, w, angle_deg, device=images.device,
-                         dtype=images.dtype if images.is_floating_point() else torch.float32)
-    return F.grid_sample(images, grid.to(images.dtype), mode=interpolation, padding_mode=padding_mode,
-                         align_corners=False)
+    grid = rotation_grid(
+        b, h, w, angle_deg, device=images.device, dtype=images.dtype if images.is_floating_point() else torch.float32
+    )
+    return F.grid_sample(
+        images, grid.to(images.dtype), mode=interpolation, padding_mode=padding_mode, align_corners=False
+    )

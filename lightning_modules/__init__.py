@@ -4,6 +4,7 @@ Every end-to-end model is an :class:`ImageClassifier` around a ``gevit`` network
 have :class:`PostHocClassifier`, which adds regimes (what is frozen) on top (imported on first use, so
 that end-to-end runs do not load the post-hoc package).
 """
+
 from lightning_modules.base import BaseClassifierModule, NonFiniteLossError
 from lightning_modules.classifier import ImageClassifier
 

@@ -5,6 +5,7 @@ its network, :meth:`trainable_parameters`. Everything else — input checks and 
 metrics with the project's names, the NaN guard, optimiser/scheduler construction from Hydra
 ``_partial_`` nodes, parameter counts — lives here, once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,10 @@ def plain_options(options: dict) -> dict:
     """Hydra/OmegaConf containers in ``options`` turned into plain lists/dicts for the network constructors."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    return {key: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            for key, value in options.items()}
+    return {
+        key: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        for key, value in options.items()
+    }
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,7 +68,9 @@ class BaseClassifierModule(L.LightningModule):
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if len(input_mean) != in_channels or len(input_std) != in_channels:
-            raise ValueError(f"input_mean/input_std need {in_channels} values, got {list(input_mean)} / {list(input_std)}")
+            raise ValueError(
+                f"input_mean/input_std need {in_channels} values, got {list(input_mean)} / {list(input_std)}"
+            )
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -165,8 +170,10 @@ class BaseClassifierModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer, **self._scheduler_extras())
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1},
+        }
 
     def _scheduler_extras(self) -> dict:
         """Fill ``total_steps``/``steps_per_epoch`` of a partial scheduler from the trainer."""

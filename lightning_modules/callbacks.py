@@ -1,5 +1,6 @@
 """Callbacks of the training pipeline: rotation robustness at test time, plain epoch summaries, throughput,
 and a rehearsal of Slurm preemption."""
+
 from __future__ import annotations
 
 import csv
@@ -37,10 +38,19 @@ class RotationRobustnessCallback(Callback):
     training, so a missing or malformed file is one clear error that costs no run.
     """
 
-    def __init__(self, output_dir: Optional[str] = None, angles: Optional[Sequence[float]] = None,
-                 step_deg: float = 15.0, max_samples: Optional[int] = 2000, interpolation: str = "bilinear",
-                 padding_mode: str = "zeros", enabled: bool = True, label: Optional[str] = None,
-                 reference: Optional[str] = None, reference_label: Optional[str] = None):
+    def __init__(
+        self,
+        output_dir: Optional[str] = None,
+        angles: Optional[Sequence[float]] = None,
+        step_deg: float = 15.0,
+        max_samples: Optional[int] = 2000,
+        interpolation: str = "bilinear",
+        padding_mode: str = "zeros",
+        enabled: bool = True,
+        label: Optional[str] = None,
+        reference: Optional[str] = None,
+        reference_label: Optional[str] = None,
+    ):
         if angles is None and not (isinstance(step_deg, (int, float)) and 0 < step_deg <= 360):
             raise ValueError(f"step_deg={step_deg!r}: expected a number of degrees in (0, 360]")
         if max_samples is not None and max_samples < 1:
@@ -88,9 +98,13 @@ class RotationRobustnessCallback(Callback):
         if trainer.is_global_zero:
             self._write_files()
             log_rotation_robustness(trainer, self.results)
-        log.info("rotation robustness on %d test images: mean acc %.4f, min acc %.4f, rot90 invariance error %.2e",
-                 self.results["num_samples"], self.results["acc_mean"], self.results["acc_min"],
-                 self.results["invariance_error_rot90"])
+        log.info(
+            "rotation robustness on %d test images: mean acc %.4f, min acc %.4f, rot90 invariance error %.2e",
+            self.results["num_samples"],
+            self.results["acc_mean"],
+            self.results["acc_min"],
+            self.results["invariance_error_rot90"],
+        )
 
     # ---- outputs --------------------------------------------------------------------------------
     def _write_files(self) -> None:
@@ -119,11 +133,16 @@ def read_rotation_robustness_csv(path) -> dict:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        curve = {"angles": [float(r["angle_deg"]) for r in rows], "accuracy": [float(r["accuracy"]) for r in rows],
-                 "invariance_error": [float(r["invariance_error"]) for r in rows]}
+        curve = {
+            "angles": [float(r["angle_deg"]) for r in rows],
+            "accuracy": [float(r["accuracy"]) for r in rows],
+            "invariance_error": [float(r["invariance_error"]) for r in rows],
+        }
     except (KeyError, TypeError, ValueError, csv.Error) as err:
-        raise ValueError(f"rotation robustness reference {path}: expected the columns angle_deg, accuracy, "
-                         f"invariance_error of a rotation_robustness.csv ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"rotation robustness reference {path}: expected the columns angle_deg, accuracy, "
+            f"invariance_error of a rotation_robustness.csv ({type(err).__name__}: {err})"
+        ) from err
     if not rows:
         raise ValueError(f"rotation robustness reference {path}: no rows")
     return curve
@@ -132,14 +151,17 @@ def read_rotation_robustness_csv(path) -> dict:
 def run_summary(metrics: dict) -> list[str]:
     """The three lines a run ends with: best validation accuracy, test accuracy, rot90 invariance error
     (``n/a`` for what this run did not compute, e.g. an evaluate-only run has no validation)."""
+
     def pct(key):
         value = metrics.get(key)
         return f"{100 * float(value):.2f} %" if value is not None else "n/a"
 
     error = metrics.get("test/invariance_error_rot90")
-    return [f"val acc (best):          {pct('val/acc_best')}",
-            f"test acc:                {pct('test/acc')}",
-            "rot90 invariance error:  " + (f"{float(error):.2e}" if error is not None else "n/a")]
+    return [
+        f"val acc (best):          {pct('val/acc_best')}",
+        f"test acc:                {pct('test/acc')}",
+        "rot90 invariance error:  " + (f"{float(error):.2e}" if error is not None else "n/a"),
+    ]
 
 
 class EpochSummary(Callback):

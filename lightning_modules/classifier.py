@@ -1,4 +1,5 @@
 """The one LightningModule of every end-to-end model: any classifier network of :mod:`gevit`, trained whole."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ class ImageClassifier(BaseClassifierModule):
         if init_from:
             load = getattr(net, "load_official_weights", None)
             if load is None:
-                raise ValueError(f"model.init_from={init_from}: {type(net).__name__} has no official weights to "
-                                 "load (only networks with a load_official_weights method, e.g. GE-ViT)")
+                raise ValueError(
+                    f"model.init_from={init_from}: {type(net).__name__} has no official weights to "
+                    "load (only networks with a load_official_weights method, e.g. GE-ViT)"
+                )
             load(init_from)
             log.info("loaded the official weights of %s from %s", type(net).__name__, init_from)
 

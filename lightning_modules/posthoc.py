@@ -1,6 +1,7 @@
 """A LightningModule around :class:`gevit.posthoc.PostHocInvariant`, trained (or not) under a regime; the
 network of a ``train.py`` checkpoint as a backbone; and the catalogue of post-hoc methods read from
 ``conf/model/aggregator/`` (``python -m lightning_modules.posthoc aggregators --learned``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
     checkpoint = read_framework_checkpoint(ckpt_path)
     config = checkpoint.get("gevit_model_config") or {}
     if not isinstance(config.get("net"), dict) or "_target_" not in config["net"]:
-        raise ValueError(f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "
-                         "it was not written by a train.py run of a single network (model=vit or similar)")
+        raise ValueError(
+            f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "
+            "it was not written by a train.py run of a single network (model=vit or similar)"
+        )
     net_config = dict(config["net"])
     net_config.update({k: v for k, v in _INITIAL_WEIGHT_ARGS.items() if k in net_config})
     model = hydra.utils.instantiate(OmegaConf.create(net_config), _convert_="all")
@@ -49,8 +52,9 @@ def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
     return model
 
 
-def checkpoint_backbone(num_classes: int, in_channels: int, image_size: int,
-                        ckpt_path: Optional[str] = None) -> Backbone:
+def checkpoint_backbone(
+    num_classes: int, in_channels: int, image_size: int, ckpt_path: Optional[str] = None
+) -> Backbone:
     """Architecture and weights of the network in a ``train.py`` checkpoint (:func:`network_from_checkpoint`)."""
     if not ckpt_path:
         raise ValueError("model/backbone=checkpoint needs model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt")
@@ -102,25 +106,41 @@ def methods_table_rows(conf_dir: Path = AGGREGATOR_CONF) -> dict[str, str]:
         bases = [d for d in own.get("defaults", []) if isinstance(d, str) and d != "_self_"]
         if bases:  # a yaml variant of another method: say what it changes
             changes = ", ".join(f"{k}={v}" for k, v in own.items() if k != "defaults")
-            cells = [f"`{name}`", cls.level, "yes" if cls.learned else "–", f"as `{bases[0]}`, with {changes}",
-                     "", "", "", ""]
+            cells = [
+                f"`{name}`",
+                cls.level,
+                "yes" if cls.learned else "–",
+                f"as `{bases[0]}`, with {changes}",
+                "",
+                "",
+                "",
+                "",
+            ]
         else:
-            cells = [f"`{name}`", cls.level, "yes" if cls.learned else "–",
-                     *(cls.summary.get(column, "?") for column in TABLE_COLUMNS)]
+            cells = [
+                f"`{name}`",
+                cls.level,
+                "yes" if cls.learned else "–",
+                *(cls.summary.get(column, "?") for column in TABLE_COLUMNS),
+            ]
         rows[name] = "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
     return rows
 
 
 def methods_table(conf_dir: Path = AGGREGATOR_CONF) -> str:
-    header = ("| method (`model/aggregator=`) | level | learned | what is aggregated | weights | normalisation | "
-              "estimator | difference from the original, and why |\n" + "|---" * 8 + "|")
+    header = (
+        "| method (`model/aggregator=`) | level | learned | what is aggregated | weights | normalisation | "
+        "estimator | difference from the original, and why |\n" + "|---" * 8 + "|"
+    )
     return "\n".join([header, *methods_table_rows(conf_dir).values()])
 
 
 def _main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lightning_modules.posthoc",
-                                     description="The post-hoc methods of conf/model/aggregator/: their names "
-                                                 "(for the sweeps) or docs/posthoc.md's methods table.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_modules.posthoc",
+        description="The post-hoc methods of conf/model/aggregator/: their names "
+        "(for the sweeps) or docs/posthoc.md's methods table.",
+    )
     parser.add_argument("what", choices=["aggregators", "methods-table"])
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--learned", action="store_true", help="only methods with parameters to train")
@@ -131,8 +151,11 @@ def _main(argv: Optional[list[str]] = None) -> None:
         print(methods_table(args.conf_dir))
         return
     catalog = aggregator_catalog(args.conf_dir)
-    names = [name for name, cls in catalog.items()
-             if not (args.learned and not cls.learned) and not (args.fixed and cls.learned)]
+    names = [
+        name
+        for name, cls in catalog.items()
+        if not (args.learned and not cls.learned) and not (args.fixed and cls.learned)
+    ]
     print(",".join(names))
 
 
@@ -143,12 +166,15 @@ def _aggregator_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = sorted((path / "checkpoints").glob("best-*.ckpt"))
         if len(found) != 1:
-            raise FileNotFoundError(f"model.init_aggregator_from={path} is a directory, but it has "
-                                    f"{len(found)} checkpoints/best-*.ckpt (expected exactly one); pass the file")
+            raise FileNotFoundError(
+                f"model.init_aggregator_from={path} is a directory, but it has "
+                f"{len(found)} checkpoints/best-*.ckpt (expected exactly one); pass the file"
+            )
         return found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"model.init_aggregator_from={path} does not exist (a run directory or its "
-                                "checkpoints/best-....ckpt)")
+        raise FileNotFoundError(
+            f"model.init_aggregator_from={path} does not exist (a run directory or its checkpoints/best-....ckpt)"
+        )
     return path
 
 
@@ -179,17 +205,32 @@ class PostHocClassifier(BaseClassifierModule):
         **kwargs: :class:`BaseClassifierModule`'s arguments (classes, image shape, normalisation, optimiser).
     """
 
-    def __init__(self, backbone: Union[Backbone, Callable[..., Backbone]],
-                 aggregator: Union[Aggregator, Callable[..., Aggregator]], group: str = "c4",
-                 regime: str = "zero_shot", interpolation: str = "bilinear", padding: str = "zeros",
-                 spatial_pooling: str = "auto", init_aggregator_from: Optional[str] = None, **kwargs):
+    def __init__(
+        self,
+        backbone: Union[Backbone, Callable[..., Backbone]],
+        aggregator: Union[Aggregator, Callable[..., Aggregator]],
+        group: str = "c4",
+        regime: str = "zero_shot",
+        interpolation: str = "bilinear",
+        padding: str = "zeros",
+        spatial_pooling: str = "auto",
+        init_aggregator_from: Optional[str] = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(backbone, nn.Module):
             backbone = backbone(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
         net_backbone = check_backbone(backbone, self.num_classes, self.in_channels, self.image_size)
         background = (-self.input_mean / self.input_std).flatten()
-        self.net = PostHocInvariant(net_backbone, group, aggregator, interpolation=interpolation, padding=padding,
-                                    background=background, spatial_pooling=spatial_pooling)
+        self.net = PostHocInvariant(
+            net_backbone,
+            group,
+            aggregator,
+            interpolation=interpolation,
+            padding=padding,
+            background=background,
+            spatial_pooling=spatial_pooling,
+        )
         if init_aggregator_from:
             self.load_aggregator(init_aggregator_from)
         self.regime = regime
@@ -202,26 +243,42 @@ class PostHocClassifier(BaseClassifierModule):
         if self.canonicalizes:  # the canonicalizer's accuracy on known rotations
             self.val_canon_acc, self.test_canon_acc = MeanMetric(), MeanMetric()
         if net_backbone.weights_source == RANDOM_INIT and regime not in ("full", "backbone_only"):
-            log.warning("the backbone has RANDOM weights (model.backbone.ckpt_path is not set): regime=%s does "
-                        "not train it, so results mean nothing beyond a smoke test", regime)
-        log.info("post-hoc %s over %s (|G|=%d), regime %s, backbone weights: %s; parameters %s", self.net.aggregator.name,
-                 self.net.group.name, self.net.group.order, regime, net_backbone.weights_source,
-                 self.parameter_counts())
+            log.warning(
+                "the backbone has RANDOM weights (model.backbone.ckpt_path is not set): regime=%s does "
+                "not train it, so results mean nothing beyond a smoke test",
+                regime,
+            )
+        log.info(
+            "post-hoc %s over %s (|G|=%d), regime %s, backbone weights: %s; parameters %s",
+            self.net.aggregator.name,
+            self.net.group.name,
+            self.net.group.order,
+            regime,
+            net_backbone.weights_source,
+            self.parameter_counts(),
+        )
 
     def load_aggregator(self, path: str | Path) -> None:
         """Load the aggregator weights (``net.aggregator.*``) of an earlier post-hoc checkpoint, strictly."""
         ckpt = _aggregator_checkpoint(path)
         prefix = "aggregator."
-        state = {k[len(prefix):]: v for k, v in net_state_dict(read_framework_checkpoint(ckpt)).items()
-                 if k.startswith(prefix)}
+        state = {
+            k[len(prefix) :]: v
+            for k, v in net_state_dict(read_framework_checkpoint(ckpt)).items()
+            if k.startswith(prefix)
+        }
         if not state:
-            raise ValueError(f"{ckpt} holds no aggregator weights (net.aggregator.*): is it a post-hoc run with a "
-                             "learned aggregator?")
+            raise ValueError(
+                f"{ckpt} holds no aggregator weights (net.aggregator.*): is it a post-hoc run with a "
+                "learned aggregator?"
+            )
         try:
             self.net.aggregator.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"the aggregator in {ckpt} does not match model/aggregator={self.net.aggregator.name} "
-                             f"with these options:\n{err}") from err
+            raise ValueError(
+                f"the aggregator in {ckpt} does not match model/aggregator={self.net.aggregator.name} "
+                f"with these options:\n{err}"
+            ) from err
         log.info("aggregator initialised from %s", ckpt)
 
     def compute_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -283,10 +340,12 @@ class PostHocClassifier(BaseClassifierModule):
     def parameter_counts(self) -> dict:
         """The base counts (total / trainable / frozen) and the size of each part."""
         head = _count(self.net.backbone.head_modules)
-        return {**super().parameter_counts(),
-                "model/params_backbone": _count([self.net.backbone]) - head,
-                "model/params_head": head,
-                "model/params_aggregator": _count([self.net.aggregator])}
+        return {
+            **super().parameter_counts(),
+            "model/params_backbone": _count([self.net.backbone]) - head,
+            "model/params_head": head,
+            "model/params_aggregator": _count([self.net.aggregator]),
+        }
 
 
 if __name__ == "__main__":

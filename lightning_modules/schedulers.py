@@ -1,4 +1,5 @@
 """Learning-rate schedules that need the run's length (filled in by BaseClassifierModule)."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,12 @@ import math
 import torch
 
 
-def linear_warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int | None = None,
-                         warmup_fraction: float = 0.1, min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int | None = None,
+    warmup_fraction: float = 0.1,
+    min_factor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_fraction`` of ``total_steps``, then a cosine decay to ``min_factor``.
 
     Meant to be stepped every batch (``scheduler_interval: step``); ``total_steps`` is the trainer's

@@ -16,6 +16,7 @@
   table, figures, results tables);
 - :mod:`runkit.plots`: the accuracy-vs-angle figure.
 """
+
 from runkit.checkpoints import CheckpointError, LoadedRun, load_run
 
 __all__ = ["CheckpointError", "LoadedRun", "load_run"]

@@ -10,6 +10,7 @@ run's random streams and config in each (reading any checkpoint safely is :mod:`
 - :class:`RunStateCallback`: stores the random streams (torch, CUDA, numpy, python) and the run's resolved
   config in every checkpoint, and restores the streams when a resumed run starts its next epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,8 +85,13 @@ def capture_rng_states() -> dict:
     version, internal, gauss_next = random.getstate()
     states = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -120,8 +126,10 @@ class RunStateCallback(L.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._pending = checkpoint.get(RNG_KEY)
         if self._pending is None:
-            log.warning("the checkpoint holds no random-stream states (written by an older version): the resumed "
-                        "run continues with fresh streams and will not match an uninterrupted run exactly")
+            log.warning(
+                "the checkpoint holds no random-stream states (written by an older version): the resumed "
+                "run continues with fresh streams and will not match an uninterrupted run exactly"
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self._pending is not None:

@@ -16,6 +16,7 @@ and models with escnn layers.
 A Lightning checkpoint holds tensors and plain Python containers (loop, callback, optimiser and scheduler
 states), which the safe unpickler accepts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,13 +47,17 @@ def _initial_weights_off(key: str):
     if key in INITIAL_WEIGHT_KEYS:
         return INITIAL_WEIGHT_KEYS[key]
     return None if key.startswith("init_") and key.endswith("_from") else ...
+
+
 # ``ckpt_path`` names the file a post-hoc backbone was trained from. Its weights are overwritten by the
 # state_dict too, but a ``checkpoint`` backbone also takes its architecture from it: kept when the file
 # exists, dropped when it does not (and named if the model then cannot be built).
 TRAINED_FROM_KEY = "ckpt_path"
 # The peer ViT is this project's ViT with converted weights: rebuilt as ``vit`` it needs no peer file.
-_REBUILD_AS = {"source": {"peer_vit": "vit"},
-               "_target_": {"gevit.posthoc.backbones.peer_vit_backbone": "gevit.posthoc.backbones.vit_backbone"}}
+_REBUILD_AS = {
+    "source": {"peer_vit": "vit"},
+    "_target_": {"gevit.posthoc.backbones.peer_vit_backbone": "gevit.posthoc.backbones.vit_backbone"},
+}
 
 
 class CheckpointError(ValueError):
@@ -126,7 +131,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
                 f"them; it was not written by this project's train.py, or a callback stored arbitrary objects). "
                 f"Only load files from a source you "
                 f"trust; if you do trust it, convert it once with torch.load(weights_only=False) and save "
-                f"its state_dict") from None
+                f"its state_dict"
+            ) from None
         raise _corrupt(path, err) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise _corrupt(path, err) from None
@@ -137,15 +143,18 @@ def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
     return CorruptCheckpointError(
         f"checkpoint {path} is truncated or corrupt ({detail}); it was not loaded. Move it aside "
         f"(mv {path} {path}.corrupt) and run again: a run resumes from the checkpoint before it, or starts "
-        f"fresh when there is none")
+        f"fresh when there is none"
+    )
 
 
 def stored_config(checkpoint: dict, path: str | Path) -> dict:
     """The model config stored in a checkpoint (a dict with a ``_target_``)."""
     config = checkpoint.get(CONFIG_KEY)
     if not isinstance(config, dict) or "_target_" not in config:
-        raise CheckpointError(f"{path} stores no model config ({CONFIG_KEY} with a _target_); only checkpoints "
-                              "written by this project's train.py can be rebuilt")
+        raise CheckpointError(
+            f"{path} stores no model config ({CONFIG_KEY} with a _target_); only checkpoints "
+            "written by this project's train.py can be rebuilt"
+        )
     return config
 
 
@@ -203,10 +212,13 @@ def instantiate_model(config: dict, path: str | Path) -> nn.Module:
             raise FileNotFoundError(
                 f"{path} was trained from {', '.join(missing)}, which does not exist any more, and its model "
                 f"cannot be rebuilt without it (a post-hoc 'checkpoint' backbone takes its architecture from that "
-                f"file); restore it. ({type(err).__name__}: {err})") from err
-        raise CheckpointError(f"the model config stored in {path} ({config['_target_']}) cannot be built by this "
-                              f"version of the code; was it written by an older one? ({type(err).__name__}: "
-                              f"{err})") from err
+                f"file); restore it. ({type(err).__name__}: {err})"
+            ) from err
+        raise CheckpointError(
+            f"the model config stored in {path} ({config['_target_']}) cannot be built by this "
+            f"version of the code; was it written by an older one? ({type(err).__name__}: "
+            f"{err})"
+        ) from err
 
 
 def load_run(checkpoint: str | Path) -> LoadedRun:
@@ -227,7 +239,8 @@ def load_run(checkpoint: str | Path) -> LoadedRun:
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"the weights in {path} do not fit the model its config describes "
-                              f"({config['_target_']}):\n{err}") from err
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model its config describes ({config['_target_']}):\n{err}"
+        ) from err
     module.eval()
     return LoadedRun(module, config, path)

@@ -1,5 +1,6 @@
 """The run's config in Python: composing it as train.py would (:func:`compose`), building its ``_target_``
 nodes with errors that name the key, and saving/printing the resolved config."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,12 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 
 # ---- composing ------------------------------------------------------------------------------------
-def compose(overrides: Sequence[str] = (), output_dir: Optional[str | Path] = None, config_name: str = "train",
-            keep_hydra: bool = False) -> DictConfig:
+def compose(
+    overrides: Sequence[str] = (),
+    output_dir: Optional[str | Path] = None,
+    config_name: str = "train",
+    keep_hydra: bool = False,
+) -> DictConfig:
     """The config ``train.py <overrides>`` would run, composed in this process (tests, benchmarks, notebooks).
 
     ``output_dir`` is the run directory (``paths.output_dir`` and Hydra's ``runtime.output_dir``; default: a

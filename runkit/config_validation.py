@@ -9,6 +9,7 @@
 A failure is one line per problem naming the full key, the value and what is expected
 (``model.optimizer.lr='fast': expected float``).
 """
+
 from __future__ import annotations
 
 import collections.abc as cabc
@@ -89,8 +90,16 @@ def matches(value: Any, annotation: Any) -> Optional[bool]:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
-    if origin in (list, tuple, cabc.Sequence, cabc.MutableSequence, set, frozenset, cabc.Iterable, cabc.Collection) \
-            or annotation in (list, tuple, cabc.Sequence, set):
+    if origin in (
+        list,
+        tuple,
+        cabc.Sequence,
+        cabc.MutableSequence,
+        set,
+        frozenset,
+        cabc.Iterable,
+        cabc.Collection,
+    ) or annotation in (list, tuple, cabc.Sequence, set):
         if not isinstance(value, (ListConfig, list, tuple)):
             return False if not (origin in (cabc.Iterable, cabc.Collection) and isinstance(value, str)) else None
         items = [a for a in args if a is not Ellipsis]
@@ -118,7 +127,9 @@ def _callable_parameters(target: Any) -> tuple[dict, bool]:
     """``({name: annotation}, accepts_any_keyword)``, following ``**kwargs`` up the class chain."""
     params: dict[str, Any] = {}
     open_kwargs = False
-    chain = [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    chain = (
+        [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    )
     for fn in chain:
         try:
             signature = inspect.signature(fn)
@@ -180,7 +191,9 @@ def check_node(key: str, node: DictConfig, problems: list[str]) -> None:
             continue  # an interpolation that resolves only later (e.g. hydra:runtime)
         verdict = matches(value, params[name])
         if verdict is False:
-            shown = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+            shown = (
+                OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+            )
             problems.append(f"{full}={shown!r}: expected {_type_name(params[name])}")
 
 
@@ -191,7 +204,11 @@ def _walk(node: Any, key: str, problems: list[str]) -> None:
         for name in node.keys():
             child = node._get_node(name)
             if isinstance(child, (DictConfig, ListConfig)):
-                _walk(node[name] if not OmegaConf.is_missing(node, name) else None, f"{key}.{name}" if key else str(name), problems)
+                _walk(
+                    node[name] if not OmegaConf.is_missing(node, name) else None,
+                    f"{key}.{name}" if key else str(name),
+                    problems,
+                )
     elif isinstance(node, ListConfig):
         for i, child in enumerate(node):
             if isinstance(child, (DictConfig, ListConfig)):
@@ -222,5 +239,6 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> None
         if isinstance(child, (DictConfig, ListConfig)):
             _walk(cfg[name], str(name), problems)
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1
-                          else f"invalid config: {problems[0]}")
+        raise ConfigError(
+            "invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1 else f"invalid config: {problems[0]}"
+        )

@@ -3,6 +3,7 @@ of (seed, epoch), resuming only checkpoints of the same run, and a memory check 
 
 Plain helpers for train.py (no Hydra here: configs arrive as plain dicts).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 # ---- data order -------------------------------------------------------------------------------------
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for ``epoch`` of a run seeded with ``seed`` (distinct for every pair)."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2 ** 63)
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2**63)
 
 
 class EpochSeededSampler(RandomSampler):
@@ -59,16 +60,29 @@ def with_epoch_seeded_order(loader: DataLoader, seed: int) -> DataLoader:
     if type(loader) is not DataLoader or type(loader.sampler) is not RandomSampler or loader.batch_sampler is None:
         if isinstance(loader, DataLoader) and isinstance(loader.sampler, EpochSeededSampler):
             return loader
-        log.warning("the training loader (%s, sampler %s) is not a plain shuffled DataLoader: its order is not "
-                    "seeded per epoch, so a resumed run may not replay it exactly",
-                    type(loader).__name__, type(getattr(loader, "sampler", None)).__name__)
+        log.warning(
+            "the training loader (%s, sampler %s) is not a plain shuffled DataLoader: its order is not "
+            "seeded per epoch, so a resumed run may not replay it exactly",
+            type(loader).__name__,
+            type(getattr(loader, "sampler", None)).__name__,
+        )
         return loader
     sampler = EpochSeededSampler(loader.dataset, seed)
     extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      persistent_workers=loader.persistent_workers, generator=sampler.generator, **extra)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers,
+        generator=sampler.generator,
+        **extra,
+    )
 
 
 def seed_training_order(datamodule, seed: int) -> None:
@@ -129,8 +143,12 @@ class RunLock:
         self.owned = False
 
     def _mine(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "job_id": current_job_id(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job_id": current_job_id(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def _read(self) -> Optional[dict]:
         try:
@@ -168,20 +186,27 @@ class RunLock:
         here, mine = socket.gethostname(), current_job_id()
         who = f"process {pid} on {host}" + (f" (job {job})" if job else "") + f", started {other.get('started', '?')}"
         if job and mine and job == mine:
-            log.warning("run dir %s: taking over the lock of an earlier attempt of job %s (%s): a requeue",
-                        self.path.parent, job, who)
+            log.warning(
+                "run dir %s: taking over the lock of an earlier attempt of job %s (%s): a requeue",
+                self.path.parent,
+                job,
+                who,
+            )
         elif host == here and isinstance(pid, int) and pid_is_alive(pid) and pid != os.getpid():
             raise RunDirLockedError(
                 f"run dir {self.path.parent} is in use by {who}. Two runs in one directory would mix their "
                 f"checkpoints and logs: wait for it, stop it, or give this run another directory "
-                f"(hydra.run.dir=...)")
+                f"(hydra.run.dir=...)"
+            )
         elif host != here and host is not None:
             raise RunDirLockedError(
                 f"run dir {self.path.parent} is locked by {who}, which cannot be checked from {here}. If that "
-                f"process is gone, delete {self.path} and run again; else give this run another directory")
+                f"process is gone, delete {self.path} and run again; else give this run another directory"
+            )
         else:
-            log.warning("run dir %s: taking over a stale lock left by %s, which is no longer running",
-                        self.path.parent, who)
+            log.warning(
+                "run dir %s: taking over a stale lock left by %s, which is no longer running", self.path.parent, who
+            )
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -203,9 +228,17 @@ class RunLock:
 # Schedule options that change what a checkpoint means: debug runs (fast_dev_run, overfit, limit) and
 # real runs never resume each other's checkpoints. max_epochs/max_steps are not here: extending a run is
 # a resume.
-SCHEDULE_KEYS = ("fast_dev_run", "overfit_batches", "limit_train_batches", "limit_val_batches",
-                 "accumulate_grad_batches", "precision", "gradient_clip_val", "check_val_every_n_epoch",
-                 "val_check_interval")
+SCHEDULE_KEYS = (
+    "fast_dev_run",
+    "overfit_batches",
+    "limit_train_batches",
+    "limit_val_batches",
+    "accumulate_grad_batches",
+    "precision",
+    "gradient_clip_val",
+    "check_val_every_n_epoch",
+    "val_check_interval",
+)
 # Data options that do not change the data a model sees (where it is read from, how fast).
 IGNORED_DATA_KEYS = ("data_dir", "num_workers", "pin_memory", "download", "eval_batch_size", "persistent_workers")
 
@@ -251,8 +284,11 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def _targets(model_cfg: Optional[dict]) -> list[str]:
-    return [str(v) for k, v in flatten(model_cfg or {}).items() if k.endswith("_target_") and
-            not any(part in k for part in ("optimizer", "scheduler"))]
+    return [
+        str(v)
+        for k, v in flatten(model_cfg or {}).items()
+        if k.endswith("_target_") and not any(part in k for part in ("optimizer", "scheduler"))
+    ]
 
 
 def describe_model(run_cfg: dict) -> str:
@@ -277,12 +313,16 @@ def check_same_model_family(path: str, stored: Optional[dict], current: dict) ->
         return
     if _targets(stored["model"]) != _targets(current["model"]):
         choice = (stored.get("choices") or {}).get("model")
-        how = (f"add model={choice}" if choice else "use the model config it was trained with") + \
-            (f" (and data={stored['choices']['data']})" if (stored.get("choices") or {}).get("data") and
-             stored["choices"]["data"] != (current.get("choices") or {}).get("data") else "")
+        how = (f"add model={choice}" if choice else "use the model config it was trained with") + (
+            f" (and data={stored['choices']['data']})"
+            if (stored.get("choices") or {}).get("data")
+            and stored["choices"]["data"] != (current.get("choices") or {}).get("data")
+            else ""
+        )
         raise CheckpointMismatchError(
             f"checkpoint {path} holds a {describe_model(stored)} network, but this run builds "
-            f"{describe_model(current)}: {how} to load it")
+            f"{describe_model(current)}: {how} to load it"
+        )
 
 
 def _show(value: Any) -> str:
@@ -294,22 +334,29 @@ def check_eval_checkpoint(path: str, stored: Optional[dict], current: dict) -> N
     check_same_model_family(path, stored, current)
     if not stored:
         return
-    diffs = [d for d in config_differences(stored, current, ["model"])
-             if not d[0].startswith(("model.optimizer", "model.scheduler", "model.label_smoothing"))]
+    diffs = [
+        d
+        for d in config_differences(stored, current, ["model"])
+        if not d[0].startswith(("model.optimizer", "model.scheduler", "model.label_smoothing"))
+    ]
     if diffs:
         overrides = " ".join(f"{k}={_show(a)}" for k, a, _ in diffs if a is not _MISSING)
         raise CheckpointMismatchError(
             f"checkpoint {path} was trained with other model settings: "
             + "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now" for k, a, b in diffs)
-            + (f". Add {overrides} to evaluate it" if overrides else ""))
+            + (f". Add {overrides} to evaluate it" if overrides else "")
+        )
 
 
 def check_resume_checkpoint(path: str, stored: Optional[dict], current: dict, auto: bool) -> None:
     """Resuming: model, data, seed and schedule must be those of the run that wrote the checkpoint."""
     check_same_model_family(path, stored, current)
     if not stored or "data" not in stored:
-        log.warning("checkpoint %s does not record its run config (an older version wrote it): resuming "
-                    "without checking that it belongs to this run", path)
+        log.warning(
+            "checkpoint %s does not record its run config (an older version wrote it): resuming "
+            "without checking that it belongs to this run",
+            path,
+        )
         return
     diffs = config_differences(stored, current, ["model", "data", "trainer", "seed"])
     if stored.get("choices", {}).get("debug") != current.get("choices", {}).get("debug"):
@@ -318,15 +365,22 @@ def check_resume_checkpoint(path: str, stored: Optional[dict], current: dict, au
         return
     listed = "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now" for k, a, b in diffs)
     optimiser = any(k.startswith(("model.optimizer", "model.scheduler")) for k, _, _ in diffs)
-    note = (" (a resumed optimiser continues with the state it saved, so changed optimiser settings cannot be "
-            "applied to it)" if optimiser else "")
+    note = (
+        " (a resumed optimiser continues with the state it saved, so changed optimiser settings cannot be "
+        "applied to it)"
+        if optimiser
+        else ""
+    )
     if auto:
-        ways = ("Either start this directory afresh with auto_resume=false (its checkpoints are overwritten), "
-                "or give the new run its own directory (hydra.run.dir=...)")
+        ways = (
+            "Either start this directory afresh with auto_resume=false (its checkpoints are overwritten), "
+            "or give the new run its own directory (hydra.run.dir=...)"
+        )
     else:
         ways = "Resume with the checkpoint's settings, or drop ckpt_path= to train from scratch"
-    raise CheckpointMismatchError(f"cannot resume from {path}: it belongs to a run with other settings{note}: "
-                                  f"{listed}. {ways}")
+    raise CheckpointMismatchError(
+        f"cannot resume from {path}: it belongs to a run with other settings{note}: {listed}. {ways}"
+    )
 
 
 # ---- memory -----------------------------------------------------------------------------------------
@@ -383,8 +437,15 @@ def available_bytes(use_gpu: bool) -> Optional[int]:
     return None
 
 
-def check_memory(model, input_shape: Sequence[int], batch_size: int, use_gpu: bool, processes: int = 1,
-                 mode: str = "error", available: Optional[int] = None) -> Optional[dict]:
+def check_memory(
+    model,
+    input_shape: Sequence[int],
+    batch_size: int,
+    use_gpu: bool,
+    processes: int = 1,
+    mode: str = "error",
+    available: Optional[int] = None,
+) -> Optional[dict]:
     """Estimate a training step's memory and compare it with the machine's; ``mode``: error, warn or off.
 
     Returns the estimate (for metrics.json) or None when skipped."""
@@ -400,18 +461,25 @@ def check_memory(model, input_shape: Sequence[int], batch_size: int, use_gpu: bo
     share = 1 if use_gpu else max(1, processes)  # CPU processes share the host's memory
     needed = share * (fixed + batch_size * per_sample)
     available = available if available is not None else available_bytes(use_gpu)
-    estimate = {"per_sample_bytes": per_sample, "fixed_bytes": fixed, "batch_size": batch_size,
-                "needed_bytes": needed, "available_bytes": available}
+    estimate = {
+        "per_sample_bytes": per_sample,
+        "fixed_bytes": fixed,
+        "batch_size": batch_size,
+        "needed_bytes": needed,
+        "available_bytes": available,
+    }
     if available is None or needed <= 0.9 * available:
         return estimate
     fits = math.floor((0.9 * available / share - fixed) / per_sample) if per_sample else batch_size
-    gib = 2 ** 30
+    gib = 2**30
     where = "GPU" if use_gpu else "host"
-    message = (f"a training step of this model needs about {needed / gib:.1f} GiB for data.batch_size={batch_size} "
-               f"({per_sample / 2 ** 20:.1f} MiB of activations per image, estimated from one forward pass), "
-               f"but only {available / gib:.1f} GiB of {where} memory is available; "
-               + (f"data.batch_size={fits} would fit" if fits >= 1 else "even data.batch_size=1 would not fit")
-               + ". Set memory_check=warn to run anyway")
+    message = (
+        f"a training step of this model needs about {needed / gib:.1f} GiB for data.batch_size={batch_size} "
+        f"({per_sample / 2**20:.1f} MiB of activations per image, estimated from one forward pass), "
+        f"but only {available / gib:.1f} GiB of {where} memory is available; "
+        + (f"data.batch_size={fits} would fit" if fits >= 1 else "even data.batch_size=1 would not fit")
+        + ". Set memory_check=warn to run anyway"
+    )
     if mode == "error":
         raise MemoryEstimateError(message)
     log.warning(message)

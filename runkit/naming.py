@@ -1,5 +1,6 @@
 """How a run is named, grouped and tagged (on W&B, in metrics.json and in results tables): from the overrides
 that say what the run *is*, not where its files are."""
+
 from __future__ import annotations
 
 from pathlib import Path

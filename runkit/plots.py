@@ -1,5 +1,6 @@
 """Figures drawn by the run itself (matplotlib, Agg backend): the accuracy-vs-angle curve that the rotation
 robustness callback writes after the test pass, also used by the multi-run figure and the leaderboard."""
+
 from __future__ import annotations
 
 

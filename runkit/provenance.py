@@ -1,4 +1,5 @@
 """Provenance of a run: the code it ran (git commit, dirty work tree) and its ``metrics.json``, written atomically."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from runkit.resolvers import PROJECT_ROOT
 
 def git_state(root: Path = PROJECT_ROOT) -> dict:
     """The commit the code runs at, and whether the work tree has uncommitted changes."""
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
 

@@ -1,5 +1,6 @@
 """The custom ``${...}`` resolvers conf/ uses; :func:`register_resolvers` registers them (train.py, the compose
 helper and every script call it before composing)."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Everything W&B, in one place: the credentials check, a training run's logger identity and summary, the
 rotation-robustness table, finished files (figures, animations) and results tables. Every function here leaves
 the caller running when W&B is missing or fails; none needs credentials (offline without them)."""
+
 from __future__ import annotations
 
 import csv
@@ -62,14 +63,18 @@ def log_rotation_robustness(trainer, results: dict) -> None:
     for logger in wandb_loggers(trainer):
         import wandb
 
-        table = wandb.Table(columns=["angle_deg", "accuracy", "invariance_error"],
-                            data=[list(row) for row in zip(results["angles"], results["accuracy"],
-                                                           results["invariance_error"])])
-        logger.experiment.log({
-            "test/rotation_robustness": table,
-            "test/accuracy_vs_angle": wandb.plot.line(table, "angle_deg", "accuracy",
-                                                      title="Test accuracy vs rotation angle"),
-        })
+        table = wandb.Table(
+            columns=["angle_deg", "accuracy", "invariance_error"],
+            data=[list(row) for row in zip(results["angles"], results["accuracy"], results["invariance_error"])],
+        )
+        logger.experiment.log(
+            {
+                "test/rotation_robustness": table,
+                "test/accuracy_vs_angle": wandb.plot.line(
+                    table, "angle_deg", "accuracy", title="Test accuracy vs rotation angle"
+                ),
+            }
+        )
 
 
 def finish_wandb() -> None:
@@ -96,8 +101,9 @@ def scalars(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def log_files(files: Iterable[Path], summary: dict, out_dir: Path, job_type: str,
-              config: Optional[dict] = None) -> bool:
+def log_files(
+    files: Iterable[Path], summary: dict, out_dir: Path, job_type: str, config: Optional[dict] = None
+) -> bool:
     """Log every PNG as ``wandb.Image`` and every GIF as ``wandb.Video(format="gif")``, and the scalar
     numbers of ``summary`` as the run summary, to project ``gevit`` under ``job_type``. Offline when no
     credentials are found; ``WANDB_MODE`` (online, offline, disabled) always wins. Never raises: on any W&B
@@ -133,12 +139,20 @@ def log_results_table(results_csv: Path, markdown: str, groups: set, project: st
         print("wandb is not installed: the table stays in local files", file=sys.stderr)
         return
     groups = set(groups) - {None}
-    run = wandb.init(project=project, job_type="results_table", group=groups.pop() if len(groups) == 1 else None,
-                     mode="offline" if wandb_should_be_offline() else None)
+    run = wandb.init(
+        project=project,
+        job_type="results_table",
+        group=groups.pop() if len(groups) == 1 else None,
+        mode="offline" if wandb_should_be_offline() else None,
+    )
     if run is None or getattr(run, "disabled", False):
         return
     with open(results_csv) as f:
         rows = list(csv.reader(f))
-    run.log({"results/table": wandb.Table(columns=rows[0], data=rows[1:]),
-             "results/markdown": wandb.Html(f"<pre>{markdown}</pre>")})
+    run.log(
+        {
+            "results/table": wandb.Table(columns=rows[0], data=rows[1:]),
+            "results/markdown": wandb.Html(f"<pre>{markdown}</pre>"),
+        }
+    )
     run.finish()

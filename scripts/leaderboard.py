@@ -9,6 +9,7 @@ accuracy at 45 degrees (from rotation_robustness), parameters (model/params), tr
 (train/images_per_s, mean) and wall time per run (duration_s, mean). The figure draws each family's
 accuracy-vs-angle curve averaged over its seeds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,24 +76,35 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
-def markdown(families: dict[str, list[dict]], command: str, machine: str, budgets: str = "",
-             figure: Optional[str] = None) -> str:
-    lines = ["# Leaderboard on the embedded RotMNIST-mini", "",
-             f"Command: `{command}`  ", f"Machine: {machine}", "",
-             "Test accuracy on the 3,000 rotated held-out digits (checkpoint selected on validation, tested once), "
-             "mean ± std over seeds; rot90 invariance error: relative logit change under a 90-degree rotation; "
-             "wall time: whole run (train + test + robustness curve).", ""]
+def markdown(
+    families: dict[str, list[dict]], command: str, machine: str, budgets: str = "", figure: Optional[str] = None
+) -> str:
+    lines = [
+        "# Leaderboard on the embedded RotMNIST-mini",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}",
+        "",
+        "Test accuracy on the 3,000 rotated held-out digits (checkpoint selected on validation, tested once), "
+        "mean ± std over seeds; rot90 invariance error: relative logit change under a 90-degree rotation; "
+        "wall time: whole run (train + test + robustness curve).",
+        "",
+    ]
     if budgets.strip():
         lines += ["Budgets (from the script header):", "", "```", budgets.strip(), "```", ""]
-    lines += ["| family | runs | test acc (%) | rot90 inv. error | acc at 45° (%) | params | train images/s | wall time (min) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| family | runs | test acc (%) | rot90 inv. error | acc at 45° (%) | params | train images/s | wall time (min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, runs in families.items():
         s = summarise(runs)
         acc = "–" if s["acc_mean"] is None else f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
         wall = None if s["wall_s"] is None else s["wall_s"] / 60
-        lines.append(f"| {name} | ({s['runs']}) | {acc} | {_fmt(s['invariance_error'], '.1e')} | "
-                     f"{_fmt(s['acc_45'], '.1f')} | {_fmt(s['params'], ',')} | {_fmt(s['images_per_s'], '.1f')} | "
-                     f"{_fmt(wall, '.1f')} |")
+        lines.append(
+            f"| {name} | ({s['runs']}) | {acc} | {_fmt(s['invariance_error'], '.1e')} | "
+            f"{_fmt(s['acc_45'], '.1f')} | {_fmt(s['params'], ',')} | {_fmt(s['images_per_s'], '.1f')} | "
+            f"{_fmt(wall, '.1f')} |"
+        )
     if figure:
         lines += ["", f"![accuracy vs angle]({figure})"]
     return "\n".join(lines) + "\n"
@@ -101,15 +113,18 @@ def markdown(families: dict[str, list[dict]], command: str, machine: str, budget
 def mean_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
     curves = {}
     for name, runs in families.items():
-        done = [r["rotation_robustness"] for r in runs
-                if r.get("status") == "completed" and r.get("rotation_robustness")]
+        done = [
+            r["rotation_robustness"] for r in runs if r.get("status") == "completed" and r.get("rotation_robustness")
+        ]
         if not done:
             continue
         angles = done[0]["angles"]
         same = [c for c in done if c["angles"] == angles]
         n = len(same)
         curves[f"{name} ({100 * summarise(runs)['acc_mean']:.1f} %)"] = {
-            "angles": angles, "accuracy": [sum(c["accuracy"][i] for c in same) / n for i in range(len(angles))]}
+            "angles": angles,
+            "accuracy": [sum(c["accuracy"][i] for c in same) / n for i in range(len(angles))],
+        }
     return curves
 
 
@@ -122,8 +137,10 @@ def machine_description() -> str:
     except ImportError:  # pragma: no cover
         device, torch_version = "unknown", "not installed"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {device}, "
-            f"torch {torch_version}, load average {load:.1f} when the table was written")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {device}, "
+        f"torch {torch_version}, load average {load:.1f} when the table was written"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

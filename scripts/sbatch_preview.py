@@ -10,6 +10,7 @@ program stops. Nothing is submitted and nothing is trained; only the sweep folde
 ``multirun.yaml`` and submitit's pickles) is created. submitit refuses to start without an ``srun`` on
 PATH, so on a machine without Slurm a stub that is never called is put there for the preview.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -17,6 +17,7 @@ figure shows: docs/visualizations.md.
 This file is the command line only: one subcommand per figure (each a ``draw_*`` function below), the
 figures in scripts/figures/ (one module each), the maths in gevit/analysis/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,21 @@ if str(REPO_ROOT) not in sys.path:
 
 from gevit.analysis import angles_every  # noqa: E402
 from runkit.wandb_logging import log_files  # noqa: E402
-from scripts.figures import (LoadedModel, check_digit_shape, load_model, plot_gevit_attention,  # noqa: E402
-                             plot_gevit_latents, plot_robustness_comparison, plot_rotation_confidence,
-                             plot_view_weights, plot_vit_attention, rotation_predictions, run_label,
-                             validation_digits, write_rotation_gif)
+from scripts.figures import (  # noqa: E402
+    LoadedModel,
+    check_digit_shape,
+    load_model,
+    plot_gevit_attention,
+    plot_gevit_latents,
+    plot_robustness_comparison,
+    plot_rotation_confidence,
+    plot_view_weights,
+    plot_vit_attention,
+    rotation_predictions,
+    run_label,
+    validation_digits,
+    write_rotation_gif,
+)
 from scripts.figures.robustness import read_robustness_curve  # noqa: E402
 from scripts.figures.rotation_gif import rotation_summary  # noqa: E402
 
@@ -89,8 +101,15 @@ class Session:
         """--ckpt entries, then --vit-ckpt, --gevit-ckpt and every --posthoc-ckpt, as (label, path)."""
         args = self.args
         requested = [labelled(value) for value in getattr(args, "ckpt", [])]
-        requested += [(None, str(p)) for p in (getattr(args, "vit_ckpt", None), getattr(args, "gevit_ckpt", None),
-                                               *getattr(args, "posthoc_ckpt", [])) if p]
+        requested += [
+            (None, str(p))
+            for p in (
+                getattr(args, "vit_ckpt", None),
+                getattr(args, "gevit_ckpt", None),
+                *getattr(args, "posthoc_ckpt", []),
+            )
+            if p
+        ]
         return requested
 
 
@@ -104,13 +123,28 @@ def draw_rotation_gif(session: Session) -> bool:
     if not chosen:
         if session.everything:
             return False
-        raise MissingInput("rotation-gif needs at least one checkpoint: --ckpt [LABEL=]PATH, --vit-ckpt or --gevit-ckpt")
+        raise MissingInput(
+            "rotation-gif needs at least one checkpoint: --ckpt [LABEL=]PATH, --vit-ckpt or --gevit-ckpt"
+        )
     angles = angles_every(args.angle_step)
     probabilities = rotation_predictions(chosen, session.image, angles)
-    session.files.append(write_rotation_gif(chosen, session.image, session.label, angles, session.out / "rotation.gif",
-                                            probabilities, args.frame_ms, session.image_name))
-    session.files.append(plot_rotation_confidence(chosen, probabilities, session.label, angles,
-                                                  session.out / "rotation_confidence.png", session.image_name))
+    session.files.append(
+        write_rotation_gif(
+            chosen,
+            session.image,
+            session.label,
+            angles,
+            session.out / "rotation.gif",
+            probabilities,
+            args.frame_ms,
+            session.image_name,
+        )
+    )
+    session.files.append(
+        plot_rotation_confidence(
+            chosen, probabilities, session.label, angles, session.out / "rotation_confidence.png", session.image_name
+        )
+    )
     session.summary["rotation"] = rotation_summary(chosen, probabilities, session.label, angles)
     return True
 
@@ -122,15 +156,29 @@ def draw_latents(session: Session) -> bool:
             return False
         raise MissingInput("latents needs --gevit-ckpt PATH (a GE-ViT checkpoint)")
     gevit = session.model(args.gevit_ckpt, "GE-ViT")
-    path, errors = plot_gevit_latents(gevit, session.image, session.label, session.out / "gevit_latents.png",
-                                      args.channel, image_name=session.image_name)
-    deviation, _ = plot_gevit_latents(gevit, session.image, session.label,
-                                      session.out / "gevit_latents_group_deviation.png", args.channel,
-                                      subtract_group_mean=True, image_name=session.image_name)
+    path, errors = plot_gevit_latents(
+        gevit,
+        session.image,
+        session.label,
+        session.out / "gevit_latents.png",
+        args.channel,
+        image_name=session.image_name,
+    )
+    deviation, _ = plot_gevit_latents(
+        gevit,
+        session.image,
+        session.label,
+        session.out / "gevit_latents_group_deviation.png",
+        args.channel,
+        subtract_group_mean=True,
+        image_name=session.image_name,
+    )
     session.files += [path, deviation]
-    session.summary["latents"] = {"checkpoint": str(gevit.path),
-                                  "equivariance_error_per_layer_and_turn": errors.tolist(),
-                                  "max_equivariance_error": float(errors.max())}
+    session.summary["latents"] = {
+        "checkpoint": str(gevit.path),
+        "equivariance_error_per_layer_and_turn": errors.tolist(),
+        "max_equivariance_error": float(errors.max()),
+    }
     return True
 
 
@@ -141,12 +189,25 @@ def draw_attention(session: Session) -> bool:
             return False
         raise MissingInput("attention needs --gevit-ckpt PATH and/or --vit-ckpt PATH")
     if args.gevit_ckpt:
-        session.files.append(plot_gevit_attention(session.model(args.gevit_ckpt, "GE-ViT"), session.image,
-                                                  session.label, session.out / "gevit_attention.png",
-                                                  session.image_name))
+        session.files.append(
+            plot_gevit_attention(
+                session.model(args.gevit_ckpt, "GE-ViT"),
+                session.image,
+                session.label,
+                session.out / "gevit_attention.png",
+                session.image_name,
+            )
+        )
     if args.vit_ckpt:
-        session.files.append(plot_vit_attention(session.model(args.vit_ckpt, "ViT"), session.image, session.label,
-                                                session.out / "vit_attention.png", session.image_name))
+        session.files.append(
+            plot_vit_attention(
+                session.model(args.vit_ckpt, "ViT"),
+                session.image,
+                session.label,
+                session.out / "vit_attention.png",
+                session.image_name,
+            )
+        )
     return True
 
 
@@ -160,9 +221,14 @@ def draw_view_weights(session: Session) -> bool:
     session.summary["view_weights"] = {}
     for ckpt in args.posthoc_ckpt:
         model = session.model(ckpt)
-        png, json_path, stats = plot_view_weights(model, images, labels,
-                                                  session.out / f"view_weights_{slug(model.label)}.png",
-                                                  pre_rotate=args.pre_rotate, seed=args.seed)
+        png, json_path, stats = plot_view_weights(
+            model,
+            images,
+            labels,
+            session.out / f"view_weights_{slug(model.label)}.png",
+            pre_rotate=args.pre_rotate,
+            seed=args.seed,
+        )
         session.files += [png, json_path]
         session.summary["view_weights"][model.label] = {k: v for k, v in stats.items() if k != "per_image"}
     return True
@@ -204,33 +270,64 @@ def draw_robustness(session: Session) -> bool:
 # ---- command line -----------------------------------------------------------------------------------------
 def _option_groups() -> dict[str, argparse.ArgumentParser]:
     """Parent parsers holding the options of each concern, shared by the subcommands that need them."""
-    groups = {name: argparse.ArgumentParser(add_help=False)
-              for name in ("common", "checkpoints", "gif", "latents", "views", "runs")}
+    groups = {
+        name: argparse.ArgumentParser(add_help=False)
+        for name in ("common", "checkpoints", "gif", "latents", "views", "runs")
+    }
     common = groups["common"]
-    common.add_argument("--out", type=Path, default=None, help="output folder (default logs/visualizations/<timestamp>)")
-    common.add_argument("--wandb", action="store_true",
-                        help="also log the figures to W&B (project gevit; offline without credentials)")
+    common.add_argument(
+        "--out", type=Path, default=None, help="output folder (default logs/visualizations/<timestamp>)"
+    )
+    common.add_argument(
+        "--wandb", action="store_true", help="also log the figures to W&B (project gevit; offline without credentials)"
+    )
     common.add_argument("--image-index", type=int, default=0, help="index of the digit in the validation split")
     common.add_argument("--seed", type=int, default=0, help="seed of the random pre-rotations (view-weights)")
     checkpoints = groups["checkpoints"]
-    checkpoints.add_argument("--ckpt", action="append", default=[], metavar="[LABEL=]PATH",
-                             help="a checkpoint for the rotation GIF (repeatable; one column each)")
+    checkpoints.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="a checkpoint for the rotation GIF (repeatable; one column each)",
+    )
     checkpoints.add_argument("--vit-ckpt", type=Path, help="a ViT checkpoint (rotation GIF, attention)")
     checkpoints.add_argument("--gevit-ckpt", type=Path, help="a GE-ViT checkpoint (rotation GIF, latents, attention)")
-    checkpoints.add_argument("--posthoc-ckpt", type=Path, action="append", default=[],
-                             help="a post-hoc lambda / equiattention checkpoint (view-weights; repeatable)")
+    checkpoints.add_argument(
+        "--posthoc-ckpt",
+        type=Path,
+        action="append",
+        default=[],
+        help="a post-hoc lambda / equiattention checkpoint (view-weights; repeatable)",
+    )
     gif = groups["gif"]
-    gif.add_argument("--angle-step", type=float, default=10.0, help="degrees between GIF frames (default 10: 36 frames)")
+    gif.add_argument(
+        "--angle-step", type=float, default=10.0, help="degrees between GIF frames (default 10: 36 frames)"
+    )
     gif.add_argument("--frame-ms", type=int, default=150, help="duration of one GIF frame in milliseconds")
-    groups["latents"].add_argument("--channel", type=int, action="append", default=None,
-                                   help="channel shown per layer (one value for all layers, or one per layer); "
-                                        "default: the channel varying most along the group axis")
+    groups["latents"].add_argument(
+        "--channel",
+        type=int,
+        action="append",
+        default=None,
+        help="channel shown per layer (one value for all layers, or one per layer); "
+        "default: the channel varying most along the group axis",
+    )
     views = groups["views"]
     views.add_argument("--num-images", type=int, default=256, help="validation digits for the view statistics")
-    views.add_argument("--no-pre-rotate", dest="pre_rotate", action="store_false",
-                       help="keep the digits upright instead of turning each by a random multiple of 90°")
-    groups["runs"].add_argument("--runs", nargs="+", default=[], metavar="[LABEL=]DIR",
-                                help="train.py run directories (default for 'all': the runs of the given checkpoints)")
+    views.add_argument(
+        "--no-pre-rotate",
+        dest="pre_rotate",
+        action="store_false",
+        help="keep the digits upright instead of turning each by a random multiple of 90°",
+    )
+    groups["runs"].add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="train.py run directories (default for 'all': the runs of the given checkpoints)",
+    )
     return groups
 
 
@@ -247,8 +344,11 @@ COMMANDS = (*SUBCOMMANDS, "all")
 
 def build_parser() -> argparse.ArgumentParser:
     groups = _option_groups()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text, needs) in SUBCOMMANDS.items():
         sub.add_parser(name, parents=[groups["common"], *(groups[n] for n in needs)], help=help_text)
@@ -264,8 +364,11 @@ def run_command(args: argparse.Namespace) -> dict:
     images, labels = validation_digits(args.image_index, 1)
     session.image, session.label = images, int(labels[0])
     session.image_name = f"validation digit #{args.image_index}"
-    session.summary["image"] = {"split": "validation (RotMNIST-mini, upright)", "index": args.image_index,
-                                "label": session.label}
+    session.summary["image"] = {
+        "split": "validation (RotMNIST-mini, upright)",
+        "index": args.image_index,
+        "label": session.label,
+    }
     chosen = SUBCOMMANDS if args.command == "all" else {args.command: SUBCOMMANDS[args.command]}
     drawn = [draw(session) for draw, _, _ in chosen.values()]
     if not any(drawn):
@@ -273,8 +376,12 @@ def run_command(args: argparse.Namespace) -> dict:
     session.summary["files"] = [str(f) for f in session.files]
     if args.wandb:
         session.summary["wandb_logged"] = log_files(
-            [f for f in session.files if f.suffix in (".png", ".gif")], session.summary, out, job_type="visualize",
-            config={k: str(v) for k, v in vars(args).items()})
+            [f for f in session.files if f.suffix in (".png", ".gif")],
+            session.summary,
+            out,
+            job_type="visualize",
+            config={k: str(v) for k, v in vars(args).items()},
+        )
     (out / "summary.json").write_text(json.dumps(session.summary, indent=1) + "\n")
     return session.summary
 

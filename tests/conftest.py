@@ -1,4 +1,5 @@
 """Test-wide settings: never touch the network, W&B or a GPU; keep torch to the CI's two cores."""
+
 from __future__ import annotations
 
 import os
@@ -6,17 +7,19 @@ import tempfile
 from pathlib import Path
 
 _WANDB_TMP = tempfile.mkdtemp(prefix="gevit-wandb-")
-os.environ.update({
-    "WANDB_MODE": "disabled",
-    "WANDB_SILENT": "true",
-    "WANDB_DIR": _WANDB_TMP,
-    "WANDB_CACHE_DIR": _WANDB_TMP,
-    "WANDB_CONFIG_DIR": _WANDB_TMP,
-    "WANDB_DATA_DIR": _WANDB_TMP,
-    "HF_HUB_OFFLINE": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-    "PYTHONHASHSEED": "0",
-})
+os.environ.update(
+    {
+        "WANDB_MODE": "disabled",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": _WANDB_TMP,
+        "WANDB_CACHE_DIR": _WANDB_TMP,
+        "WANDB_CONFIG_DIR": _WANDB_TMP,
+        "WANDB_DATA_DIR": _WANDB_TMP,
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONHASHSEED": "0",
+    }
+)
 os.environ.pop("WANDB_API_KEY", None)
 
 import pytest  # noqa: E402

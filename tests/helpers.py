@@ -1,4 +1,5 @@
 """Compose the project's Hydra config in-process, as train.py would, with outputs under a temp dir."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,10 @@ from runkit.config import CONF_DIR, compose  # noqa: F401  (CONF_DIR: the tests 
 
 # Small, fast settings shared by pipeline tests: a tiny ViT and few batches.
 TINY_VIT = [
-    "model.net.embed_dim=16", "model.net.depth=1", "model.net.num_heads=2", "model.net.mlp_hidden_dim=32",
+    "model.net.embed_dim=16",
+    "model.net.depth=1",
+    "model.net.num_heads=2",
+    "model.net.mlp_hidden_dim=32",
 ]
 
 # Per network (model.net._target_): overrides that shrink it to seconds-per-batch size for smoke runs. Every
@@ -20,12 +24,21 @@ TINY_NETS = {
     "gevit.models.EqCvT": TINY_VIT,  # the ViT, EqCvT and CvT share the size arguments
     "gevit.models.CvT": TINY_VIT,
     "gevit.models.GroupTransformer": [
-        "model.net.num_channels=8", "model.net.num_heads=2", "model.net.block_sizes=[1,1]",
-        "model.net.expansion_per_block=1", "model.net.crop_per_layer=[0,0]", "model.net.attention_window=3",
+        "model.net.num_channels=8",
+        "model.net.num_heads=2",
+        "model.net.block_sizes=[1,1]",
+        "model.net.expansion_per_block=1",
+        "model.net.crop_per_layer=[0,0]",
+        "model.net.attention_window=3",
     ],
     "gevit.models.HybridViT": [
-        "model.net.stem_channels=[2,4]", "model.net.stem_kernel_size=3", "model.net.num_channels=8",
-        "model.net.num_heads=2", "model.net.block_sizes=[1]", "model.net.attention_window=3", "model.net.embed_dim=4",
+        "model.net.stem_channels=[2,4]",
+        "model.net.stem_kernel_size=3",
+        "model.net.num_channels=8",
+        "model.net.num_heads=2",
+        "model.net.block_sizes=[1]",
+        "model.net.attention_window=3",
+        "model.net.embed_dim=4",
     ],
 }
 # Post-hoc experiments wrap a random tiny ViT instead of their stage-1 checkpoint (tests/test_posthoc.py

@@ -1,4 +1,5 @@
 """Callbacks the lifecycle tests inject into real train.py processes (``+callbacks.pause._target_=...``)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The embedded real MNIST test digits, for tests that need real images (no data module involved)."""
+
 from __future__ import annotations
 
 import gzip

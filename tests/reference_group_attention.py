@@ -1,5 +1,6 @@
 """Plain, slow reference implementations of the lifting and group self-attention layers, written
 straight from the definitions (one query at a time), to check the fast paths in gevit.layers."""
+
 from __future__ import annotations
 
 import math
@@ -83,8 +84,12 @@ def reference_group(layer, x: torch.Tensor) -> torch.Tensor:
                                     row = layer.row_embedding(pos[:1])[0]
                                     col = layer.col_embedding(pos[1:])[0]
                                     key = _heads(layer.key, x[bi, :, m, y, z], mid, heads)
-                                    logits.append((q * key).sum(-1) + q[:, :p] @ row + q[:, p:2 * p] @ col
-                                                  + q[:, 2 * p:] @ embedding)
+                                    logits.append(
+                                        (q * key).sum(-1)
+                                        + q[:, :p] @ row
+                                        + q[:, p : 2 * p] @ col
+                                        + q[:, 2 * p :] @ embedding
+                                    )
                                     values.append(_heads(layer.value, x[bi, :, m, y, z], mid, heads))
                         probs = torch.stack(logits).softmax(0)
                         total += (probs.unsqueeze(-1) * torch.stack(values)).sum(0)

@@ -1,4 +1,5 @@
 """gevit.analysis: the maths behind the figures, on tiny random networks built in-process (no training)."""
+
 from __future__ import annotations
 
 import ast
@@ -8,9 +9,20 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gevit.analysis import (angles_every, attention_rollout, group_attention_maps, has_view_weights, layer_latents,
-                            model_facts, neighbourhood_attention, quarter_turn_element, rotation_sweep,
-                            view_weight_statistics, view_weights, vit_cls_attention)
+from gevit.analysis import (
+    angles_every,
+    attention_rollout,
+    group_attention_maps,
+    has_view_weights,
+    layer_latents,
+    model_facts,
+    neighbourhood_attention,
+    quarter_turn_element,
+    rotation_sweep,
+    view_weight_statistics,
+    view_weights,
+    vit_cls_attention,
+)
 from gevit.models import GroupTransformer, HybridViT, VisionTransformer
 from gevit.posthoc.aggregators.lambda_equitune import LambdaAggregator
 from gevit.posthoc.aggregators.mean import MeanAggregator
@@ -22,16 +34,24 @@ SIZE = 12
 
 def tiny_gevit(group: str = "p4", encoding: str = "gevit", **options) -> GroupTransformer:
     """Lifting + two group blocks with a max-pool between them: 12x12 -> 12x12 -> 6x6, float64, eval mode."""
-    options = {"num_channels": 8, "num_heads": 2, "block_sizes": [1, 1], "crop_per_layer": [0, 0],
-               "attention_window": 3, "spatial_pooling": "mean", **options}
+    options = {
+        "num_channels": 8,
+        "num_heads": 2,
+        "block_sizes": [1, 1],
+        "crop_per_layer": [0, 0],
+        "attention_window": 3,
+        "spatial_pooling": "mean",
+        **options,
+    }
     torch.manual_seed(0)
     return GroupTransformer(group=group, image_size=SIZE, encoding=encoding, **options).double().eval()
 
 
 def tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(image_size=SIZE, patch_size=4, embed_dim=16, depth=2, num_heads=2,
-                             mlp_hidden_dim=32).eval()
+    return VisionTransformer(
+        image_size=SIZE, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_hidden_dim=32
+    ).eval()
 
 
 def tiny_posthoc(aggregator: nn.Module) -> PostHocInvariant:
@@ -89,8 +109,9 @@ def test_global_attention_covers_the_whole_map(image):
     net = tiny_gevit(attention_window="global", block_sizes=[1], crop_per_layer=[0])
     layers = group_attention_maps(net, image)
     assert [(layer["side"], layer["window"]) for layer in layers] == [(12, 23), (12, 23)]
-    assert all(torch.allclose(layer["received"].sum(dim=(-2, -1)), torch.ones(1, dtype=torch.float64))
-               for layer in layers)
+    assert all(
+        torch.allclose(layer["received"].sum(dim=(-2, -1)), torch.ones(1, dtype=torch.float64)) for layer in layers
+    )
 
 
 def test_neighbourhood_attention_reduces_group_layers_and_refuses_other_shapes():
@@ -171,16 +192,33 @@ def test_model_facts_come_from_the_objects():
     gevit, gsanet = model_facts(tiny_gevit()), model_facts(tiny_gevit(encoding="gsanet"))
     assert (gevit.kind, gevit.name, gevit.group.name, gevit.attention) == ("gevit", "GE-ViT", "p4", "group")
     assert gevit.description == "GE-ViT p4, 3x3 local attention" and gsanet.name == "GSA-Nets"
-    assert "global attention" in model_facts(tiny_gevit(attention_window="global", block_sizes=[1],
-                                                        crop_per_layer=[0])).description
+    assert (
+        "global attention"
+        in model_facts(tiny_gevit(attention_window="global", block_sizes=[1], crop_per_layer=[0])).description
+    )
     vit = model_facts(tiny_vit())
     assert (vit.kind, vit.name, vit.attention, vit.group) == ("vit", "ViT", "tokens", None)
     posthoc, mean = model_facts(tiny_posthoc(lambda_aggregator())), model_facts(tiny_posthoc(MeanAggregator()))
     assert (posthoc.kind, posthoc.name, posthoc.view_weights, mean.view_weights) == (
-        "posthoc", "post-hoc lambda", True, False)
+        "posthoc",
+        "post-hoc lambda",
+        True,
+        False,
+    )
     assert posthoc.group.order == 4
-    hybrid = model_facts(HybridViT(group="p4", image_size=SIZE, stem="patch_embed", embed_patch_size=4, embed_dim=4,
-                                   num_channels=8, num_heads=2, block_sizes=[1], attention_window=3))
+    hybrid = model_facts(
+        HybridViT(
+            group="p4",
+            image_size=SIZE,
+            stem="patch_embed",
+            embed_patch_size=4,
+            embed_dim=4,
+            num_channels=8,
+            num_heads=2,
+            block_sizes=[1],
+            attention_window=3,
+        )
+    )
     assert hybrid.kind == "hybrid" and hybrid.group.name == "p4" and hybrid.name == "hybrid GE-ViT"
     assert model_facts(nn.Linear(2, 2)).kind == "other"
 
@@ -190,6 +228,9 @@ def test_the_analysis_package_imports_no_lightning_hydra_or_plotting():
     package = Path(__file__).resolve().parents[1] / "gevit" / "analysis"
     for source in package.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not {n.split(".")[0] for n in names} & forbidden, f"{source.name} imports {names}"

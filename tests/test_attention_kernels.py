@@ -1,6 +1,7 @@
 """The fused CPU attention kernel computes the eager (reference) path's function: outputs and every
 gradient in float64 (and gradcheck), float32 to ~1e-5, exact equivariance and invariance on both paths,
 reproducible in-kernel dropout, the underflow guard, and the fallback when the kernel is unavailable."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 from gevit.groups import get_group
-from gevit.layers import GroupSelfAttention, LiftingSelfAttention
-from gevit.layers import group_attention
+from gevit.layers import GroupSelfAttention, LiftingSelfAttention, group_attention
 from gevit.layers.kernels import cpu
 
 pytestmark = pytest.mark.skipif(cpu.load() is None, reason=f"the CPU kernel cannot be built: {cpu.build_error()}")
@@ -87,8 +87,13 @@ def test_gradcheck_in_float64():
     assert torch.autograd.gradcheck(group, (x,), eps=1e-6, atol=1e-8, fast_mode=True)
     lifting = randomise(LiftingSelfAttention("p4", 2, 2, 2, 1, 3, image_size=4))
     lifting.backend = "cpu"
-    assert torch.autograd.gradcheck(lifting, (torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True),),
-                                    eps=1e-6, atol=1e-8, fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lifting,
+        (torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True),),
+        eps=1e-6,
+        atol=1e-8,
+        fast_mode=True,
+    )
 
 
 def test_gradcheck_of_the_kernel_with_a_fixed_dropout_mask():
@@ -171,8 +176,9 @@ def test_official_checkpoint_runs_fused_and_matches_eager(shared_data, caplog):
     from gevit.rotations import rotate
     from tests.mnist_digits import mnist_test_digits
 
-    net = load_official_weights(gevit.create_model("gevit", group="p4"),
-                                shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt").eval()
+    net = load_official_weights(
+        gevit.create_model("gevit", group="p4"), shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
+    ).eval()
     images, _ = mnist_test_digits()
     angles = torch.rand(4, generator=torch.Generator().manual_seed(0)) * 360
     x = (rotate(images[:4], angles).transpose(-1, -2) - 0.1307) / 0.3081

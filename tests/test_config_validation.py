@@ -1,6 +1,7 @@
 """Wrong types and impossible values fail before any data is touched, in one line naming the key, the value
 and what is expected; every shipped experiment passes the same check (no false alarms). The command-line
 form is tested with the other real processes in tests/test_lifecycle.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,15 +12,18 @@ from tests.helpers import CONF_DIR, compose_config
 from tests.test_train import FAST
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected int or null"),
-    ("seed=abc", "seed='abc': expected int"),
-    ("model.optimizer.lr=fast", "model.optimizer.lr='fast': expected float"),
-    ("model.net.patch_size=huge", "model.net.patch_size='huge': expected int"),
-    ("+model.net.no_such_option=1", "model.net.no_such_option: gevit.models.VisionTransformer has no option"),
-    ("memory_check=maybe", "memory_check='maybe': expected one of 'error', 'warn', 'off'"),
-    ("data.batch_size=[64]", "data.batch_size=[64]: expected int"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected int or null"),
+        ("seed=abc", "seed='abc': expected int"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr='fast': expected float"),
+        ("model.net.patch_size=huge", "model.net.patch_size='huge': expected int"),
+        ("+model.net.no_such_option=1", "model.net.no_such_option: gevit.models.VisionTransformer has no option"),
+        ("memory_check=maybe", "memory_check='maybe': expected one of 'error', 'warn', 'off'"),
+        ("data.batch_size=[64]", "data.batch_size=[64]: expected int"),
+    ],
+)
 def test_a_wrong_value_names_its_key(override, message, tmp_path, monkeypatch):
     cfg = compose_config(FAST + [override], tmp_path)
     with pytest.raises(ConfigError) as info:
@@ -41,7 +45,10 @@ def _choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-@pytest.mark.parametrize("overrides", [[f"experiment={name}"] for name in _choices("experiment")]
-                         + [["trainer=ddp", "callbacks=with_early_stopping", "logger=wandb"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"experiment={name}"] for name in _choices("experiment")]
+    + [["trainer=ddp", "callbacks=with_early_stopping", "logger=wandb"]],
+)
 def test_every_shipped_config_validates(overrides, tmp_path):
     validate_config(compose_config(overrides, tmp_path))

@@ -4,8 +4,8 @@ The conf folder is the only list: models and data sets are the yamls of ``conf/m
 starting with ``_`` are shared parts, not options), and each data module writes its own tiny real-format
 fixture (``write_fixture``), so a new data module plus its yaml is tested here with no edit to this file.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import hydra
 import lightning as L
@@ -47,14 +47,20 @@ def test_config_groups_exist():
 def test_every_data_option_trains(name, data_fixtures, tmp_path):
     """A fast_dev_run of a tiny ViT (one patch: any image size) on each data set's own fixture."""
     target = OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")._target_
-    cfg = compose_config([f"data={name}", "model=vit", "debug=fdr", "model.net.patch_size=${data.image_size}"]
-                         + TINY_VIT + data_fixtures(target) + ["callbacks.rotation_robustness.max_samples=4",
-                                                               "callbacks.rotation_robustness.step_deg=90"],
-                         tmp_path)
+    cfg = compose_config(
+        [f"data={name}", "model=vit", "debug=fdr", "model.net.patch_size=${data.image_size}"]
+        + TINY_VIT
+        + data_fixtures(target)
+        + ["callbacks.rotation_robustness.max_samples=4", "callbacks.rotation_robustness.step_deg=90"],
+        tmp_path,
+    )
     metrics, objects = train_script.run(cfg)
     dm = objects["datamodule"]
-    assert (dm.num_classes, dm.in_channels, dm.image_size) == (cfg.data.num_classes, cfg.data.in_channels,
-                                                              cfg.data.image_size)
+    assert (dm.num_classes, dm.in_channels, dm.image_size) == (
+        cfg.data.num_classes,
+        cfg.data.in_channels,
+        cfg.data.image_size,
+    )
     assert metrics["status"] == "completed" and 0.0 <= metrics["test/acc"] <= 1.0
     images, _ = next(iter(dm.train_dataloader()))
     assert images.shape[1:] == (dm.in_channels, dm.image_size, dm.image_size)
@@ -103,10 +109,13 @@ def test_every_debug_option_composes(name, tmp_path):
 def test_every_experiment_runs_fast_dev_run(name, data_fixtures, tmp_path):
     """A fast_dev_run of every experiment file on tiny real-format data: one batch of fit + test."""
     probe = compose_config([f"experiment={name}"], tmp_path)
-    cfg = compose_config([f"experiment={name}", "debug=fdr"] + tiny_model_overrides(probe)
-                         + data_fixtures(probe.data._target_) + ["callbacks.rotation_robustness.max_samples=4",
-                                                                 "callbacks.rotation_robustness.step_deg=90"],
-                         tmp_path)
+    cfg = compose_config(
+        [f"experiment={name}", "debug=fdr"]
+        + tiny_model_overrides(probe)
+        + data_fixtures(probe.data._target_)
+        + ["callbacks.rotation_robustness.max_samples=4", "callbacks.rotation_robustness.step_deg=90"],
+        tmp_path,
+    )
     metrics, objects = train_script.run(cfg)
     assert metrics["status"] == "completed"
     assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -1,4 +1,5 @@
 """Data modules: real on-disk formats (written tiny in tmp_path), splits, seeds, caches and every corrupt-file error."""
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,24 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import OmegaConf
 
 import datamodules.rotmnist as rotmnist_module
-from datamodules import (DataFileError, HonestSplitError, MNISTDataModule, PCamDataModule, RotMNISTDataModule,
-                         RotMNISTMiniDataModule)
+from datamodules import (
+    DataFileError,
+    HonestSplitError,
+    MNISTDataModule,
+    PCamDataModule,
+    RotMNISTDataModule,
+    RotMNISTMiniDataModule,
+)
+from datamodules.fixtures import (
+    amat_bytes,
+    idx_bytes,
+    mnist_digits,
+    rotated_digits,
+    write_mnist_idx,
+    write_pcam,
+    write_rotmnist_amats,
+    write_rotmnist_zip,
+)
 from datamodules.formats import download_url, md5sum, read_amat, read_idx
 from datamodules.pcam import pcam_file_name
 from datamodules.rotmnist import quantize_uint8
@@ -29,8 +46,6 @@ from datamodules.rotmnist_mini import ASSET_DIR, IMAGES_MD5, LABELS_MD5
 from gevit.rotations import rotate
 from runkit.config import compose
 from runkit.resolvers import DATA_FACTS
-from datamodules.fixtures import (amat_bytes, idx_bytes, mnist_digits, rotated_digits, write_mnist_idx, write_pcam,
-                                 write_rotmnist_amats, write_rotmnist_zip)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DATA = REPO_ROOT / "conf" / "data"
@@ -81,15 +96,18 @@ def _amat_rows(count: int = 3) -> list[str]:
     return amat_bytes(images, labels).decode().splitlines(keepends=True)
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("truncated", "is truncated: its last row (3) has only 100 of 785 values"),
-    ("wrong_columns", "row 2 has 784 columns, expected 785"),
-    ("non_numeric", "row 2 contains non-numeric text 'abc'"),
-    ("empty", "is empty"),
-    ("label_not_integer", "row 1 has label 3.5"),
-    ("label_out_of_range", "row 1 has label 12.0"),
-    ("pixel_out_of_range", "row 3 has pixel value 1.5"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("truncated", "is truncated: its last row (3) has only 100 of 785 values"),
+        ("wrong_columns", "row 2 has 784 columns, expected 785"),
+        ("non_numeric", "row 2 contains non-numeric text 'abc'"),
+        ("empty", "is empty"),
+        ("label_not_integer", "row 1 has label 3.5"),
+        ("label_out_of_range", "row 1 has label 12.0"),
+        ("pixel_out_of_range", "row 3 has pixel value 1.5"),
+    ],
+)
 def test_read_amat_errors_name_file_and_row(tmp_path, case, fragment):
     rows = _amat_rows()
     if case == "truncated":
@@ -137,12 +155,15 @@ def test_read_idx_roundtrip_gz_and_plain(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "plain" / "t10k-labels-idx1-ubyte"), labels[:7])
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("truncated", "is truncated"),
-    ("bad_magic", "has magic number 2052"),
-    ("bad_gzip", "is not a valid gzip stream"),
-    ("trailing", "bytes after"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("truncated", "is truncated"),
+        ("bad_magic", "has magic number 2052"),
+        ("bad_gzip", "is not a valid gzip stream"),
+        ("trailing", "bytes after"),
+    ],
+)
 def test_read_idx_errors(tmp_path, case, fragment):
     data = idx_bytes(mnist_digits()[0][:3])
     path = tmp_path / "t10k-images-idx3-ubyte"
@@ -262,8 +283,9 @@ def test_rotmnist_download_checksum_mismatch(tmp_path, monkeypatch):
     directory = tmp_path / "rotmnist"
     with pytest.raises(DataFileError) as error:
         small_rotmnist(directory, download=True).prepare_data()
-    assert_names(error, str(directory / RotMNISTDataModule.zip_name), RotMNISTDataModule.md5,
-                 md5sum(served), "checksum mismatch")
+    assert_names(
+        error, str(directory / RotMNISTDataModule.zip_name), RotMNISTDataModule.md5, md5sum(served), "checksum mismatch"
+    )
 
 
 def test_rotmnist_download_from_mirror(rotmnist_zip, tmp_path, monkeypatch):
@@ -416,8 +438,8 @@ def test_mini_sizes_determinism_and_rotation():
     angles = torch.rand(10000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 360.0
     assert float(angles.min()) < 5.0 and float(angles.max()) > 355.0
     for i in (0, 1, 2, 9999):
-        expected = quantize_uint8(rotate(upright[i:i + 1].float() / 255.0, float(angles[i])).numpy())
-        np.testing.assert_array_equal(rotated[i:i + 1].numpy(), expected)
+        expected = quantize_uint8(rotate(upright[i : i + 1].float() / 255.0, float(angles[i])).numpy())
+        np.testing.assert_array_equal(rotated[i : i + 1].numpy(), expected)
 
     other_generation = RotMNISTMiniDataModule(generation_seed=1)
     assert not torch.equal(other_generation.generate()[1], rotated)
@@ -519,16 +541,19 @@ def test_pcam_loader_with_worker_processes(tmp_path):
     assert sum(len(labels) for _, labels in batches) == 12
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing", "not found"),
-    ("not_h5", "not a valid HDF5 file"),
-    ("bad_key", "has no dataset 'x'"),
-    ("bad_shape", "expected (N, 96, 96, 3) uint8"),
-    ("bad_label_shape", "expected integer labels"),
-    ("length_mismatch", "has 5 labels but"),
-    ("bad_labels", "PCam labels are 0 or 1"),
-    ("truncated", "HDF5"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing", "not found"),
+        ("not_h5", "not a valid HDF5 file"),
+        ("bad_key", "has no dataset 'x'"),
+        ("bad_shape", "expected (N, 96, 96, 3) uint8"),
+        ("bad_label_shape", "expected integer labels"),
+        ("length_mismatch", "has 5 labels but"),
+        ("bad_labels", "PCam labels are 0 or 1"),
+        ("truncated", "HDF5"),
+    ],
+)
 def test_pcam_bad_files(tmp_path, case, fragment):
     write_pcam(tmp_path)
     x_path, y_path = tmp_path / pcam_file_name("val", "x"), tmp_path / pcam_file_name("val", "y")

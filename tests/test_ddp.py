@@ -1,6 +1,7 @@
 """trainer=ddp on CPU: two processes (gloo) train a few steps as one run — one metrics.json, one set of
 checkpoints, run log lines from rank 0 only — and test exactly as a single process evaluating the same
 checkpoint does."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from tests.helpers import compose_config
 from tests.test_train import FAST
 
 REPO = Path(__file__).resolve().parents[1]
-DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
-           "trainer.max_epochs=1", "data.num_workers=0"]
+DDP_CPU = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.sync_batchnorm=false",
+    "trainer.max_epochs=1",
+    "data.num_workers=0",
+]
 
 
 def test_two_cpu_processes_make_one_run(tmp_path):
@@ -38,7 +45,8 @@ def test_two_cpu_processes_make_one_run(tmp_path):
     assert log.count("[train][INFO] - data:") == 1 and log.count("parameters:") == 1
     assert "GLOBAL_RANK: 1" not in log  # Lightning's per-process lines: rank 0's only
 
-    single, _ = train_script.run(compose_config(
-        FAST + ["train=false", f"ckpt_path={metrics['best_checkpoint']}"], tmp_path / "single"))
+    single, _ = train_script.run(
+        compose_config(FAST + ["train=false", f"ckpt_path={metrics['best_checkpoint']}"], tmp_path / "single")
+    )
     assert single["test/acc"] == metrics["test/acc"]
     assert single["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)

@@ -1,12 +1,13 @@
 """EqCvT and the plain CvT: parameter counts, exact invariance where it is proven, sampling-grid geometry."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import gevit
-from gevit.models import CvT, EqCvT, SymmetricConv2d
 from gevit.groups import get_group
+from gevit.models import CvT, EqCvT, SymmetricConv2d
 from gevit.models.eqcvt import symmetric_paddings
 
 PUBLISHED_PARAMS = 64810

@@ -1,4 +1,5 @@
 """escnn helpers: mode-independent state dicts (also through Lightning checkpoints) and export to plain torch."""
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,7 @@ from escnn import nn as enn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from gevit.escnn_utils import (GeometricWrapper, deepcopy_module, export_for_inference,
-                               make_state_dict_mode_independent)
+from gevit.escnn_utils import GeometricWrapper, deepcopy_module, export_for_inference, make_state_dict_mode_independent
 from gevit.models import EqCvT
 from lightning_modules import ImageClassifier
 
@@ -51,8 +51,11 @@ def source():
 
 
 def cached_keys(state_dict: dict) -> set:
-    return {k for k in state_dict if k.startswith("equivariant.module.0.")
-            and k.rsplit(".", 1)[-1] in ("filter", "expanded_bias")}
+    return {
+        k
+        for k in state_dict
+        if k.startswith("equivariant.module.0.") and k.rsplit(".", 1)[-1] in ("filter", "expanded_bias")
+    }
 
 
 def test_state_dict_keys_do_not_depend_on_the_mode(source):
@@ -65,8 +68,9 @@ def test_state_dict_keys_do_not_depend_on_the_mode(source):
     assert not cached_keys(eval_keys)
 
 
-@pytest.mark.parametrize("save_mode, load_mode", [("eval", "train"), ("train", "eval"), ("eval", "eval"),
-                                                  ("train", "train")])
+@pytest.mark.parametrize(
+    "save_mode, load_mode", [("eval", "train"), ("train", "eval"), ("eval", "eval"), ("train", "train")]
+)
 def test_save_in_one_mode_load_in_the_other(source, save_mode, load_mode):
     model, x, expected = source
     model.train(save_mode == "train")
@@ -94,7 +98,9 @@ def test_bias_and_linear_caches_are_handled():
     gspace = gspaces.rot2dOnR2(4)
     in_type = enn.FieldType(gspace, [gspace.trivial_repr])
     hidden = enn.FieldType(gspace, 2 * [gspace.regular_repr])
-    linear_type = enn.FieldType(gspaces.no_base_space(gspace.fibergroup), 2 * [gspace.fibergroup.regular_representation])
+    linear_type = enn.FieldType(
+        gspaces.no_base_space(gspace.fibergroup), 2 * [gspace.fibergroup.regular_representation]
+    )
 
     def build(seed):
         torch.manual_seed(seed)
@@ -130,11 +136,23 @@ def test_lightning_checkpoint_saved_at_validation_end(tmp_path):
     """A real checkpoint file written by ModelCheckpoint (at validation end) loads strictly in either mode."""
     torch.manual_seed(0)
     data = TensorDataset(torch.rand(8, 1, SIZE, SIZE), torch.tensor([0, 1] * 4))
-    module = ImageClassifier(net=small_eqcvt(), num_classes=2, in_channels=1, image_size=SIZE,
-                             optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    module = ImageClassifier(
+        net=small_eqcvt(),
+        num_classes=2,
+        in_channels=1,
+        image_size=SIZE,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    )
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/acc", mode="max")
-    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoint])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+    )
     trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
     x = torch.rand(3, 1, SIZE, SIZE)
     expected = logits(module, x)
@@ -146,8 +164,9 @@ def test_lightning_checkpoint_saved_at_validation_end(tmp_path):
         torch.testing.assert_close(logits(fresh, x), expected, rtol=0, atol=0)
     # Lightning's own restore path (trainer.validate/test with ckpt_path) loads it too.
     fresh = ImageClassifier(net=small_eqcvt(seed=4), num_classes=2, in_channels=1, image_size=SIZE)
-    trainer.validate(fresh, DataLoader(data, batch_size=8), ckpt_path=checkpoint.best_model_path, verbose=False,
-                     weights_only=False)
+    trainer.validate(
+        fresh, DataLoader(data, batch_size=8), ckpt_path=checkpoint.best_model_path, verbose=False, weights_only=False
+    )
     torch.testing.assert_close(logits(fresh, x), expected, rtol=0, atol=0)
 
 

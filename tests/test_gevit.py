@@ -1,4 +1,5 @@
 """GE-ViT / GSA-Nets networks: parameter counts, exact invariance, official weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,16 @@ from gevit.models import GroupTransformer, load_official_weights
 from gevit.rotations import rotate
 from tests.mnist_digits import mnist_test_digits
 
-SMALL = dict(num_channels=8, num_heads=2, block_sizes=[1, 2], crop_per_layer=[1, 1, 0], attention_window=3,
-             image_size=12, attention_dropout=0.1, value_dropout=0.1)
+SMALL = dict(
+    num_channels=8,
+    num_heads=2,
+    block_sizes=[1, 2],
+    crop_per_layer=[1, 1, 0],
+    attention_window=3,
+    image_size=12,
+    attention_dropout=0.1,
+    value_dropout=0.1,
+)
 
 
 def rel_error(a, b):
@@ -113,8 +122,10 @@ def _rotated_digits(n):
 
 def test_official_p4_checkpoint_converts_and_classifies(shared_data):
     """Fast check of the conversion (the full reference below is marked slow)."""
-    net = load_official_weights(gevit.create_model("gevit", group="p4", attention_window=5),
-                                shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt").eval()
+    net = load_official_weights(
+        gevit.create_model("gevit", group="p4", attention_window=5),
+        shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt",
+    ).eval()
     images, labels = _rotated_digits(40)
     assert _accuracy(net, images.transpose(-1, -2), labels, batch=20) >= 0.7
     with torch.no_grad():
@@ -126,16 +137,20 @@ def test_official_p4_checkpoint_converts_and_classifies(shared_data):
 def test_official_p4_checkpoint_computes_the_original_function(shared_data):
     """Reference measured with the original code on the first 400 MNIST test digits rotated at random:
     55.75 % as they are, 81.50 % transposed (the orientation of the RotMNIST files it was trained on)."""
-    net = load_official_weights(gevit.create_model("gevit", group="p4", attention_window=5),
-                                shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt").eval()
+    net = load_official_weights(
+        gevit.create_model("gevit", group="p4", attention_window=5),
+        shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt",
+    ).eval()
     images, labels = _rotated_digits(400)
     assert abs(_accuracy(net, images, labels) - 0.5575) <= 0.005
     assert abs(_accuracy(net, images.transpose(-1, -2), labels) - 0.8150) <= 0.005
 
 
 def test_official_p4m_checkpoint_converts_into_an_exact_model(shared_data):
-    net = load_official_weights(gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
-                                shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt").eval()
+    net = load_official_weights(
+        gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
+        shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt",
+    ).eval()
     x = torch.randn(1, 1, 28, 28)
     with torch.no_grad():
         logits = net(x)
@@ -147,8 +162,10 @@ def test_official_p4m_checkpoint_converts_into_an_exact_model(shared_data):
 def test_official_p4m_checkpoint_loads_into_the_corrected_model(shared_data):
     """The shared p4m weights are a 3-vs-8 classifier (its head has 2 outputs). The original p4m code is
     not exactly invariant; loaded into our exact model the weights still separate rotated 3s from 8s."""
-    net = load_official_weights(gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
-                                shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt").eval()
+    net = load_official_weights(
+        gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
+        shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt",
+    ).eval()
     images, labels = _rotated_digits(400)
     keep = (labels == 3) | (labels == 8)
     images, labels = images[keep][:40], (labels[keep][:40] == 8).long()
@@ -166,14 +183,22 @@ def test_model_init_from_loads_official_weights(shared_data):
     from lightning_modules import ImageClassifier
 
     path = shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
-    module = ImageClassifier(net=GroupTransformer(), num_classes=10, in_channels=1, image_size=28,
-                             init_from=str(path), input_mean=[0.1307], input_std=[0.3081]).eval()
+    module = ImageClassifier(
+        net=GroupTransformer(),
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        init_from=str(path),
+        input_mean=[0.1307],
+        input_std=[0.3081],
+    ).eval()
     reference = load_official_weights(gevit.create_model("gevit"), path).eval()
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(module(x), reference((x - 0.1307) / 0.3081), atol=1e-5)
     with pytest.raises(ValueError, match="VisionTransformer has no official weights"):
-        ImageClassifier(net=gevit.models.VisionTransformer(), num_classes=10, in_channels=1, image_size=28,
-                        init_from=str(path))
+        ImageClassifier(
+            net=gevit.models.VisionTransformer(), num_classes=10, in_channels=1, image_size=28, init_from=str(path)
+        )
     with pytest.raises(TypeError, match="grup"):
         GroupTransformer(grup="p4")

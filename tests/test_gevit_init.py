@@ -1,6 +1,7 @@
 """GE-ViT from scratch: the optional init fixes (zero head, uniform positional biases) and the CPU-sized
 configuration of conf/experiment/gevit_rotmnist_mini.yaml. The official defaults stay untouched (the
 official-logits tests are in tests/test_gevit.py)."""
+
 from __future__ import annotations
 
 import math

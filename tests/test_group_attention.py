@@ -1,4 +1,5 @@
 """The group self-attention layers: fast path == plain reference, and exact equivariance."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """gevit.groups is the one home of the groups: every spelling, the escnn gspace, orbits, kernel symmetry."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,17 @@ import torch
 from gevit.groups import GROUP_NAMES, get_group
 
 
-@pytest.mark.parametrize("spellings, canonical", [(("p4", "c4", "C4"), "p4"), (("p4m", "d4", "D4"), "p4m"),
-                                                  (("z2", "c1", "C1"), "z2"), (("mz2", "flip", "D1"), "mz2"),
-                                                  (("p8", "C8"), "p8"), (("p8m", "d8"), "p8m")])
+@pytest.mark.parametrize(
+    "spellings, canonical",
+    [
+        (("p4", "c4", "C4"), "p4"),
+        (("p4m", "d4", "D4"), "p4m"),
+        (("z2", "c1", "C1"), "z2"),
+        (("mz2", "flip", "D1"), "mz2"),
+        (("p8", "C8"), "p8"),
+        (("p8m", "d8"), "p8m"),
+    ],
+)
 def test_every_spelling_names_one_group(spellings, canonical):
     assert {get_group(name) for name in spellings} == {get_group(canonical)}
     assert get_group(spellings[-1]).name == canonical

@@ -1,4 +1,5 @@
 """Hyper-parameter search: a real 2-trial Optuna search through `train.py -m hparams_search=optuna`."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_optuna_search_optimises_validation_accuracy_only(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "train.py", "-m", "hparams_search=optuna", f"paths.log_dir={tmp_path}",
-           "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1",
-           *FAST]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        f"paths.log_dir={tmp_path}",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "trainer.max_epochs=1",
+        *FAST,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
@@ -27,7 +36,9 @@ def test_optuna_search_optimises_validation_accuracy_only(tmp_path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
     # FAST fixes data.batch_size on the command line, which takes it out of the search space
-    assert {"model.optimizer.lr", "model.optimizer.weight_decay", "model.label_smoothing"} <= set(results["best_params"])
+    assert {"model.optimizer.lr", "model.optimizer.weight_decay", "model.label_smoothing"} <= set(
+        results["best_params"]
+    )
 
     trials, learning_rates = [], []
     for job in (sweep / "0", sweep / "1"):

@@ -1,5 +1,6 @@
 """Hybrid ViT (invariant stem -> GE-ViT): exact rot90 (and flip) invariance at the data sets' sizes for both
 stems, mode-independent checkpoints, parameter counts, geometry checks."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,13 +15,21 @@ SMALL = dict(num_channels=8, num_heads=2, block_sizes=[2], attention_window=3)
 CASES = {  # name -> (group, image_size, channels, kwargs)
     "rotmnist-escnn": ("p4", 28, 1, dict(stem="escnn")),
     "rotmnist-patch": ("p4", 28, 1, dict(stem="patch_embed", embed_patch_size=4)),
-    "pcam-escnn": ("p4", 96, 3, dict(stem="escnn", stem_channels=[4, 8, 8], stem_kernel_size=[5, 3, 3],
-                                     block_sizes=[1, 1])),  # 12x12, max-pool 12 -> 6
+    "pcam-escnn": (
+        "p4",
+        96,
+        3,
+        dict(stem="escnn", stem_channels=[4, 8, 8], stem_kernel_size=[5, 3, 3], block_sizes=[1, 1]),
+    ),  # 12x12, max-pool 12 -> 6
     "pcam-patch": ("p4", 96, 3, dict(stem="patch_embed", embed_patch_size=16)),  # 6x6
     "rotmnist-escnn-p4m": ("p4m", 28, 1, dict(stem="escnn", downsample="antialiased")),
     "rotmnist-patch-p4m": ("p4m", 28, 1, dict(stem="patch_embed", embed_patch_size=4)),
-    "pcam-escnn-p4m": ("p4m", 96, 3, dict(stem="escnn", stem_channels=[4, 8, 8, 8], stem_kernel_size=3,
-                                          downsample="max", block_sizes=[1])),  # 6x6
+    "pcam-escnn-p4m": (
+        "p4m",
+        96,
+        3,
+        dict(stem="escnn", stem_channels=[4, 8, 8, 8], stem_kernel_size=3, downsample="max", block_sizes=[1]),
+    ),  # 6x6
     "pcam-patch-p4m": ("p4m", 96, 3, dict(stem="patch_embed", embed_patch_size=8, block_sizes=[1, 1])),
 }
 
@@ -52,8 +61,10 @@ def test_logits_are_exactly_invariant(name):
     if group == "p4m":
         transforms += [lambda t: torch.flip(t, dims=(-1,)), lambda t: torch.flip(torch.rot90(t, 1, (-2, -1)), (-2,))]
     errors = [relative_change(model, x, t) for t in transforms]
-    print(f"{name}: {n_params(model)} parameters, artificial image {model.artificial_size}x{model.artificial_size}, "
-          f"max relative error {max(errors):.1e}")
+    print(
+        f"{name}: {n_params(model)} parameters, artificial image {model.artificial_size}x{model.artificial_size}, "
+        f"max relative error {max(errors):.1e}"
+    )
     assert max(errors) < 1e-5, errors
 
 
@@ -92,10 +103,12 @@ def test_default_models_and_parameter_counts():
 @pytest.mark.parametrize("stem", ["escnn", "patch_embed"])
 def test_checkpoint_round_trip_across_modes(stem):
     def classifier() -> ImageClassifier:
-        net = HybridViT(num_classes=10, in_channels=1, image_size=28, stem=stem, stem_channels=[2, 4],
-                        stem_kernel_size=3, **SMALL)
-        return ImageClassifier(net=net, num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307],
-                               input_std=[0.3081])
+        net = HybridViT(
+            num_classes=10, in_channels=1, image_size=28, stem=stem, stem_channels=[2, 4], stem_kernel_size=3, **SMALL
+        )
+        return ImageClassifier(
+            net=net, num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307], input_std=[0.3081]
+        )
 
     torch.manual_seed(0)
     source = classifier()

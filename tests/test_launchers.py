@@ -1,4 +1,5 @@
 """Hydra launchers: the Slurm config composes from environment variables; the local submitit launcher runs."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,16 @@ def test_slurm_launcher_reads_the_cluster_from_the_environment(monkeypatch, tmp_
 
 def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=local", f"paths.log_dir={tmp_path}",
-           "trainer.max_epochs=1", "seed=0,1", *FAST]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        f"paths.log_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        "seed=0,1",
+        *FAST,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
@@ -44,21 +53,45 @@ def test_local_submitit_launcher_runs_a_two_job_sweep(tmp_path):
 
 def test_slurm_launcher_generates_the_expected_sbatch_file(tmp_path):
     record = tmp_path / "job.sbatch"
-    env = {**os.environ, "WANDB_MODE": "disabled",
-           "GEVIT_SLURM_PARTITION": "gpu-a100", "GEVIT_SLURM_ACCOUNT": "lab42", "GEVIT_SLURM_GPUS": "2",
-           "GEVIT_SLURM_CPUS": "6", "GEVIT_SLURM_MEM_GB": "48", "GEVIT_SLURM_TIME_MIN": "720",
-           "GEVIT_SLURM_SETUP": "source ~/venvs/gevit/bin/activate"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "GEVIT_SLURM_PARTITION": "gpu-a100",
+        "GEVIT_SLURM_ACCOUNT": "lab42",
+        "GEVIT_SLURM_GPUS": "2",
+        "GEVIT_SLURM_CPUS": "6",
+        "GEVIT_SLURM_MEM_GB": "48",
+        "GEVIT_SLURM_TIME_MIN": "720",
+        "GEVIT_SLURM_SETUP": "source ~/venvs/gevit/bin/activate",
+    }
     # the real launcher and executor, stopped where submitit would call sbatch (no cluster needed)
-    cmd = [sys.executable, "scripts/sbatch_preview.py", "--output", str(record), "trainer=ddp", "trainer.devices=2",
-           f"paths.log_dir={tmp_path}", "seed=0,1,2"]
+    cmd = [
+        sys.executable,
+        "scripts/sbatch_preview.py",
+        "--output",
+        str(record),
+        "trainer=ddp",
+        "trainer.devices=2",
+        f"paths.log_dir={tmp_path}",
+        "seed=0,1,2",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     sbatch = record.read_text()
     lines = set(sbatch.splitlines())
-    for expected in ("#SBATCH --partition=gpu-a100", "#SBATCH --account=lab42", "#SBATCH --gpus-per-node=2",
-                     "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=6", "#SBATCH --mem=48GB",
-                     "#SBATCH --time=720", "#SBATCH --nodes=1", "#SBATCH --array=0-2%3",
-                     "source ~/venvs/gevit/bin/activate", "export SUBMITIT_EXECUTOR=slurm"):
+    for expected in (
+        "#SBATCH --partition=gpu-a100",
+        "#SBATCH --account=lab42",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=6",
+        "#SBATCH --mem=48GB",
+        "#SBATCH --time=720",
+        "#SBATCH --nodes=1",
+        "#SBATCH --array=0-2%3",
+        "source ~/venvs/gevit/bin/activate",
+        "export SUBMITIT_EXECUTOR=slurm",
+    ):
         assert expected in lines, f"{expected!r} not in the sbatch file:\n{sbatch}"
     # submitit asks Slurm for USR2 before the time limit: the signal it checkpoints and requeues on
     assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines), sbatch
@@ -84,8 +117,17 @@ def test_a_preempted_local_job_is_requeued_and_resumes_from_its_own_last_checkpo
     """debug=preempt sends the job USR2 at the start of epoch 1, as Slurm does before a time limit:
     submitit checkpoints and requeues it; the requeued job must continue in the same directory."""
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=local", "debug=preempt", f"paths.log_dir={tmp_path}",
-           "trainer.max_epochs=2", "seed=0", *FAST]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        "debug=preempt",
+        f"paths.log_dir={tmp_path}",
+        "trainer.max_epochs=2",
+        "seed=0",
+        *FAST,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "debug" / "multiruns").iterdir()

@@ -1,4 +1,5 @@
 """The lensing data module on tiny real-format fixtures: class folders of .npy arrays and PNG/JPEG files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,8 +80,11 @@ def test_rotation_augmentation_applies_to_train_only(lensing_dir):
 
 
 def test_num_classes_must_match_the_folders(lensing_dir):
-    with pytest.raises(DataFileError, match=r"2 class folder\(s\) \(no_sub, sub\) but num_classes=3.*"
-                                            r"data.num_classes=2"):
+    with pytest.raises(
+        DataFileError,
+        match=r"2 class folder\(s\) \(no_sub, sub\) but num_classes=3.*"
+        r"data.num_classes=2",
+    ):
         module(lensing_dir, num_classes=3).setup()
 
 
@@ -126,13 +130,16 @@ def test_corrupt_files_name_the_file(tmp_path):
         split[split.paths.index(bad_png)]
 
 
-@pytest.mark.parametrize("array, expected_max", [
-    (np.full((1, 5, 7), 0.5), 0.5),
-    (np.full((5, 7, 1), 0.25, dtype=np.float32), 0.25),
-    (np.full((5, 7), 255, dtype=np.uint8), 1.0),
-    (np.full((5, 7), 65535, dtype=np.uint16), 1.0),
-    (np.stack([np.ones((5, 7)), np.zeros((5, 7)), np.zeros((5, 7))]), 0.299),  # RGB channels first -> luma
-])
+@pytest.mark.parametrize(
+    "array, expected_max",
+    [
+        (np.full((1, 5, 7), 0.5), 0.5),
+        (np.full((5, 7, 1), 0.25, dtype=np.float32), 0.25),
+        (np.full((5, 7), 255, dtype=np.uint8), 1.0),
+        (np.full((5, 7), 65535, dtype=np.uint16), 1.0),
+        (np.stack([np.ones((5, 7)), np.zeros((5, 7)), np.zeros((5, 7))]), 0.299),  # RGB channels first -> luma
+    ],
+)
 def test_npy_variants(tmp_path, array, expected_max):
     path = tmp_path / "x.npy"
     np.save(path, array)

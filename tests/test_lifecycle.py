@@ -4,6 +4,7 @@ exit codes that say what happened, safe loading, and clear errors for the remain
 
 Signals, locks and exit codes are exercised on real ``train.py`` processes (started side by side to keep
 the wall time down); the rest runs in-process on the same tiny config."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ import train as train_script
 from runkit.checkpointing import atomic_torch_save
 from runkit.checkpoints import CorruptCheckpointError, UnsafeCheckpointError, load_checkpoint
 from runkit.config_validation import ConfigError
-from runkit.lifecycle import (CheckpointMismatchError, EpochSeededSampler, MemoryEstimateError, RunDirLockedError,
-                              RunLock, check_memory)
+from runkit.lifecycle import (
+    CheckpointMismatchError,
+    EpochSeededSampler,
+    MemoryEstimateError,
+    RunDirLockedError,
+    RunLock,
+    check_memory,
+)
 from tests.helpers import TINY_VIT, compose_config
 from tests.test_train import FAST
 
@@ -37,8 +44,16 @@ PAUSE = ["+callbacks.pause._target_=tests.lifecycle_helpers.PauseAt"]
 def launch(out: Path, *overrides: str, pause: bool = False) -> subprocess.Popen:
     """``python train.py hydra.run.dir=out ...`` as a user starts it (stdout+stderr into out.log)."""
     extra = (PAUSE + [f"+callbacks.pause.output_dir={out}"]) if pause else []
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}", f"trainer.max_epochs={EPOCHS}", "print_config=false",
-           *FAST, *overrides, *extra]
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"hydra.run.dir={out}",
+        f"trainer.max_epochs={EPOCHS}",
+        "print_config=false",
+        *FAST,
+        *overrides,
+        *extra,
+    ]
     log = open(f"{out}.log", "w")
     return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
 
@@ -187,8 +202,12 @@ def test_a_schedule_that_can_never_validate_is_refused_up_front(tmp_path):
 
 def test_resuming_with_other_model_data_or_optimiser_settings_is_refused(one_epoch):
     tmp, _ = one_epoch
-    for override, key in (("model.net.embed_dim=32", "model.net.embed_dim"), ("data.train_size=192", "data.train_size"),
-                          ("model.optimizer.lr=0.01", "model.optimizer.lr"), ("seed=7", "seed")):
+    for override, key in (
+        ("model.net.embed_dim=32", "model.net.embed_dim"),
+        ("data.train_size=192", "data.train_size"),
+        ("model.optimizer.lr=0.01", "model.optimizer.lr"),
+        ("seed=7", "seed"),
+    ):
         with pytest.raises(CheckpointMismatchError) as info:
             run(tmp, "trainer.max_epochs=2", override)
         message = str(info.value)
@@ -257,8 +276,11 @@ def test_a_crafted_checkpoint_is_refused_not_run(one_epoch, tmp_path):
 
 def test_a_checkpoint_of_another_model_family_names_its_model(one_epoch, tmp_path):
     _, metrics = one_epoch
-    not_vit = [o for o in FAST if o not in TINY_VIT] + ["model=gevit", "train=false",
-                                                        f"ckpt_path={metrics['best_checkpoint']}"]
+    not_vit = [o for o in FAST if o not in TINY_VIT] + [
+        "model=gevit",
+        "train=false",
+        f"ckpt_path={metrics['best_checkpoint']}",
+    ]
     with pytest.raises(CheckpointMismatchError, match=r"holds a .*VisionTransformer.* \(model=vit\).*add model=vit"):
         train_script.run(compose_config(not_vit, tmp_path / "gevit"))
     with pytest.raises(CheckpointMismatchError, match=r"model.net.embed_dim=16"):
@@ -294,9 +316,10 @@ def test_the_training_order_is_a_function_of_seed_and_epoch():
 
 
 def test_memory_estimate_refuses_a_batch_that_cannot_fit_and_names_one_that_does():
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(64 * 32 * 32, 10))
-    estimate = check_memory(net, (1, 32, 32), batch_size=8, use_gpu=False, available=2 ** 40)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64 * 32 * 32, 10)
+    )
+    estimate = check_memory(net, (1, 32, 32), batch_size=8, use_gpu=False, available=2**40)
     per_sample = estimate["per_sample_bytes"]
     assert 64 * 32 * 32 * 4 <= per_sample <= 10 * 64 * 32 * 32 * 4  # the conv/relu outputs, not the weights
     available = estimate["fixed_bytes"] + 100 * per_sample

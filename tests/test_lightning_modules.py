@@ -23,14 +23,20 @@ def tiny_loader(n=8):
 
 
 def classifier(net, **kwargs):
-    defaults = dict(num_classes=3, in_channels=1, image_size=4,
-                    optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    defaults = dict(num_classes=3, in_channels=1, image_size=4, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     return ImageClassifier(net=net, **{**defaults, **kwargs})
 
 
 def trainer(tmp_path, **kwargs):
-    return L.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path):
@@ -53,8 +59,9 @@ def test_normalisation_is_part_of_the_model():
 
 def test_step_scheduler_gets_the_run_length(tmp_path):
     scheduler = functools.partial(linear_warmup_cosine, warmup_fraction=0.5)
-    module = classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), scheduler=scheduler,
-                        scheduler_interval="step")
+    module = classifier(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), scheduler=scheduler, scheduler_interval="step"
+    )
     t = trainer(tmp_path, max_epochs=2)
     t.fit(module, tiny_loader(), tiny_loader())
     lr_now = t.optimizers[0].param_groups[0]["lr"]

@@ -1,14 +1,19 @@
 """The main job (plain `python train.py`): the exactly C4-invariant EqCvT recipe on RotMNIST-mini, its
 figure beside a reference curve and its three-line summary. Composition only; the run itself is measured
 by hand (README quick start)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from lightning_modules.callbacks import (RotationRobustnessCallback, plot_rotation_robustness,
-                                         read_rotation_robustness_csv, run_summary)
+from lightning_modules.callbacks import (
+    RotationRobustnessCallback,
+    plot_rotation_robustness,
+    read_rotation_robustness_csv,
+    run_summary,
+)
 from tests.helpers import compose_config
 
 
@@ -47,11 +52,13 @@ def test_reference_curve_is_read_and_drawn_beside_the_run(tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text("angle_deg,accuracy,invariance_error,num_samples\n0,0.5,0,8\n45,0.3,0.4,8\n90,0.45,0.2,8\n")
     assert read_rotation_robustness_csv(ref)["accuracy"] == [0.5, 0.3, 0.45]
-    callback = RotationRobustnessCallback(output_dir=str(tmp_path), reference=str(ref), reference_label="ViT (ref)",
-                                          label="EqCvT (this run)")
+    callback = RotationRobustnessCallback(
+        output_dir=str(tmp_path), reference=str(ref), reference_label="ViT (ref)", label="EqCvT (this run)"
+    )
     assert callback.reference["angles"] == [0.0, 45.0, 90.0]
-    plot_rotation_robustness({"EqCvT (this run)": _curve([0.9, 0.9, 0.9]), "ViT (ref)": callback.reference},
-                             tmp_path / "fig.png")
+    plot_rotation_robustness(
+        {"EqCvT (this run)": _curve([0.9, 0.9, 0.9]), "ViT (ref)": callback.reference}, tmp_path / "fig.png"
+    )
     assert (tmp_path / "fig.png").stat().st_size > 5_000
 
 
@@ -66,6 +73,9 @@ def test_missing_or_malformed_reference_is_a_clear_error_before_training(tmp_pat
 
 def test_three_line_summary():
     lines = run_summary({"val/acc_best": 0.936, "test/acc": 0.9173, "test/invariance_error_rot90": 9.6e-7})
-    assert lines == ["val acc (best):          93.60 %", "test acc:                91.73 %",
-                     "rot90 invariance error:  9.60e-07"]
+    assert lines == [
+        "val acc (best):          93.60 %",
+        "test acc:                91.73 %",
+        "rot90 invariance error:  9.60e-07",
+    ]
     assert run_summary({"test/acc": 0.5})[0].endswith("n/a")

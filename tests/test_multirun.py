@@ -1,6 +1,7 @@
 """The multirun/ scripts end to end: their smoke variants run the sweep on the embedded digits and end
 with the results table. The default run takes a slice of each grid (env vars of the scripts); the slow
 marker runs every smoke sweep whole."""
+
 from __future__ import annotations
 
 import os
@@ -18,20 +19,47 @@ SLICES = {
     "gevit_grid.sh": {"GEVIT_GROUPS": "z2", "GEVIT_PATCHES": "3", "SEEDS": "0,1"},
     "hybrid.sh": {"SEEDS": "0"},
     "eqcvt.sh": {"SEEDS": "0"},
-    "posthoc_rotmnist.sh": {"VIEW_GROUPS": "c4", "REGIMES": "zero_shot", "POSTHOC_FIXED": "mean",
-                            "POSTHOC_LEARNED": "lambda", "SEEDS": "0"},
-    "posthoc_two_phase.sh": {"VIEW_GROUPS": "c4", "PHASE2_REGIMES": "full,backbone_only", "POSTHOC_LEARNED": "lambda",
-                             "SEEDS": "0"},
+    "posthoc_rotmnist.sh": {
+        "VIEW_GROUPS": "c4",
+        "REGIMES": "zero_shot",
+        "POSTHOC_FIXED": "mean",
+        "POSTHOC_LEARNED": "lambda",
+        "SEEDS": "0",
+    },
+    "posthoc_two_phase.sh": {
+        "VIEW_GROUPS": "c4",
+        "PHASE2_REGIMES": "full,backbone_only",
+        "POSTHOC_LEARNED": "lambda",
+        "SEEDS": "0",
+    },
 }
-EXPECTED_ROWS = {"vit_baselines.sh": 2, "gevit_grid.sh": 2, "hybrid.sh": 4, "eqcvt.sh": 3, "posthoc_rotmnist.sh": 3,
-                 "posthoc_two_phase.sh": 1}
+EXPECTED_ROWS = {
+    "vit_baselines.sh": 2,
+    "gevit_grid.sh": 2,
+    "hybrid.sh": 4,
+    "eqcvt.sh": 3,
+    "posthoc_rotmnist.sh": 3,
+    "posthoc_two_phase.sh": 1,
+}
 
 
 def run_smoke(script: str, tmp_path: Path, extra_env: dict, *hydra_args: str) -> Path:
-    env = {**os.environ, **extra_env, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "",
-           "GEVIT_LOG_DIR": str(tmp_path), "PYTHON": str(Path(os.sys.executable))}
-    done = subprocess.run(["bash", f"multirun/{script}", "smoke", *hydra_args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    env = {
+        **os.environ,
+        **extra_env,
+        "WANDB_MODE": "disabled",
+        "CUDA_VISIBLE_DEVICES": "",
+        "GEVIT_LOG_DIR": str(tmp_path),
+        "PYTHON": str(Path(os.sys.executable)),
+    }
+    done = subprocess.run(
+        ["bash", f"multirun/{script}", "smoke", *hydra_args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     (table,) = tmp_path.glob("*/multiruns/*/results.md")
     return table
@@ -44,8 +72,13 @@ def table_rows(table: Path) -> list[str]:
 def test_every_table_script_is_covered():
     assert set(SCRIPTS) >= set(SLICES)
     posthoc = {s for s in SCRIPTS if s.startswith("posthoc_")}
-    assert posthoc == {"posthoc_rotmnist.sh", "posthoc_mnist_to_rotmnist.sh", "posthoc_rotmnist_10pct.sh",
-                       "posthoc_pcam.sh", "posthoc_two_phase.sh"}  # three share posthoc_rotmnist's grid file
+    assert posthoc == {
+        "posthoc_rotmnist.sh",
+        "posthoc_mnist_to_rotmnist.sh",
+        "posthoc_rotmnist_10pct.sh",
+        "posthoc_pcam.sh",
+        "posthoc_two_phase.sh",
+    }  # three share posthoc_rotmnist's grid file
 
 
 @pytest.mark.parametrize("script", sorted(SLICES))

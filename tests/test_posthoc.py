@@ -1,6 +1,7 @@
 """Post-hoc invariant wrappers: invariance of every method of conf/model/aggregator/ x group x regime (also on
 backbones whose pooling depends on position), one batched backbone call, regimes, formulas, backbones, and
 the two-stage pipeline through train.py."""
+
 from __future__ import annotations
 
 import functools
@@ -19,11 +20,24 @@ import torchvision
 
 import train as train_script
 from gevit.groups import get_group
-from gevit.posthoc import (GroupViews, PostHocInvariant, adapt, check_backbone, disk_mask, resnet_backbone,
-                           timm_backbone, vit_backbone)
+from gevit.posthoc import (
+    GroupViews,
+    PostHocInvariant,
+    adapt,
+    check_backbone,
+    disk_mask,
+    resnet_backbone,
+    timm_backbone,
+    vit_backbone,
+)
 from gevit.posthoc.backbones import TimmStyleBackbone, TorchvisionResNetBackbone
 from lightning_modules import PostHocClassifier
-from lightning_modules.posthoc import aggregator_catalog, aggregator_config, checkpoint_backbone, network_from_checkpoint
+from lightning_modules.posthoc import (
+    aggregator_catalog,
+    aggregator_config,
+    checkpoint_backbone,
+    network_from_checkpoint,
+)
 from tests.helpers import CONF_DIR, TINY_VIT, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +53,16 @@ MNIST = dict(num_classes=10, in_channels=1, image_size=28, input_mean=(0.1307,),
 TINY_BACKBONE = functools.partial(vit_backbone, embed_dim=16, depth=1, num_heads=2, mlp_hidden_dim=32, dropout=0.0)
 TINY_BACKBONE_OVERRIDES = ["model/backbone=vit"] + [o.replace("model.net.", "model.backbone.") for o in TINY_VIT]
 # Small widths keep the tests fast; no dropout (training-mode forwards must be deterministic to compare).
-SMALL_OPTIONS = {"hidden_dim": 8, "attn_dim": 8, "depth": 1, "num_heads": 2, "mlp_hidden_dim": 16, "dropout": 0.0,
-                 "width": 2, "kernel_size": 3}
+SMALL_OPTIONS = {
+    "hidden_dim": 8,
+    "attn_dim": 8,
+    "depth": 1,
+    "num_heads": 2,
+    "mlp_hidden_dim": 16,
+    "dropout": 0.0,
+    "width": 2,
+    "kernel_size": 3,
+}
 
 
 def aggregator(name: str, **options):
@@ -55,10 +77,12 @@ def regimes_of(name: str) -> list[str]:
     return ["aggregator_only", "mlp", "backbone_only", "full"] if name in LEARNED else ["zero_shot", "mlp", "full"]
 
 
-def make(name: str = "mean", group: str = "c4", regime: str = "zero_shot", backbone=None, data=MNIST,
-         **options) -> PostHocClassifier:
-    model = PostHocClassifier(backbone=backbone or TINY_BACKBONE, aggregator=aggregator(name, **options),
-                              group=group, regime=regime, **data)
+def make(
+    name: str = "mean", group: str = "c4", regime: str = "zero_shot", backbone=None, data=MNIST, **options
+) -> PostHocClassifier:
+    model = PostHocClassifier(
+        backbone=backbone or TINY_BACKBONE, aggregator=aggregator(name, **options), group=group, regime=regime, **data
+    )
     with torch.no_grad():  # move learned aggregators away from their mean-like initialisation
         for p in model.net.aggregator.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -111,8 +135,11 @@ class PooledCNN(nn.Module):
 
     def __init__(self, pooling: str, num_classes: int = 10, in_chans: int = 1, size: int = 16, width: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+        )
         if pooling == "attention":
             self.pool = timm.layers.AttentionPool2d(width, feat_size=size // 4, num_heads=2, head_dim=4)
             self.num_features = width
@@ -169,8 +196,14 @@ def test_spatial_equiattention_is_invariant_on_cnn_feature_maps(group):
     """Values are the last feature maps with g^-1 applied (2x2 maps from 64x64 inputs): exact for
     C4 / flip / D4, also in training mode, where BatchNorm normalises over all B·|G| views."""
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    model = make("equiattention", group, "full", backbone=functools.partial(timm_backbone, model_name="resnet18"),
-                 data=dict(MNIST, image_size=64), features="spatial")
+    model = make(
+        "equiattention",
+        group,
+        "full",
+        backbone=functools.partial(timm_backbone, model_name="resnet18"),
+        data=dict(MNIST, image_size=64),
+        features="spatial",
+    )
     assert model.net.aggregator.level == "spatial" and model.net.backbone.invariant_pooling
     assert not model.net.symmetrize_pooling  # global average pooling is invariant: used as is
     for mode in (True, False):
@@ -211,8 +244,10 @@ def test_interpolated_groups_report_their_invariance_error(images, capsys):
             assert error == error  # finite, not NaN
             rows.append(f"{group} {name}: {error:.2e}")
     with capsys.disabled():
-        print("\ninvariance error under rotation by 360/n degrees (bilinear), random ViT, random images:\n  "
-              + "\n  ".join(rows))
+        print(
+            "\ninvariance error under rotation by 360/n degrees (bilinear), random ViT, random images:\n  "
+            + "\n  ".join(rows)
+        )
 
 
 def test_dropout_makes_training_forwards_invariant_in_distribution_only(images):
@@ -247,40 +282,58 @@ def test_the_views_go_through_the_backbone_in_one_call(name, source):
 def test_canonicalization_runs_the_backbone_once_per_image():
     model = make("canonicalization", "d4", "aggregator_only").eval()
     assert _batch_sizes(model, model.net.backbone.model.patch_embed, torch.rand(5, 1, 28, 28)) == [5]
+
+
 # ---- regimes ------------------------------------------------------------------------------------------
 def test_regimes_freeze_the_right_parts_and_keep_them_in_eval_mode():
-    for regime, name in [("zero_shot", "mean"), ("aggregator_only", "lambda"), ("mlp", "lambda"),
-                         ("backbone_only", "lambda"), ("full", "mean")]:
+    for regime, name in [
+        ("zero_shot", "mean"),
+        ("aggregator_only", "lambda"),
+        ("mlp", "lambda"),
+        ("backbone_only", "lambda"),
+        ("full", "mean"),
+    ]:
         model = make(name, "c4", regime).train()
         net = model.net
         trainable = {id(p) for p in model.trainable_parameters()}
         assert trainable == {id(p) for p in model.parameters() if p.requires_grad}, regime
         head, agg = set(map(id, net.backbone.head.parameters())), set(map(id, net.aggregator.parameters()))
         everything = {id(p) for p in model.parameters()}
-        expected = {"zero_shot": set(), "aggregator_only": agg, "mlp": head | agg, "backbone_only": everything - agg,
-                    "full": everything}[regime]
+        expected = {
+            "zero_shot": set(),
+            "aggregator_only": agg,
+            "mlp": head | agg,
+            "backbone_only": everything - agg,
+            "full": everything,
+        }[regime]
         assert trainable == expected, regime
         assert net.backbone.model.blocks[0].training == (regime in ("full", "backbone_only"))
         assert net.backbone.head.training == (regime in ("mlp", "full", "backbone_only"))
         assert net.aggregator.training == (regime not in ("zero_shot", "backbone_only"))
         counts = model.parameter_counts()
         assert counts["model/params_trainable"] == sum(p.numel() for p in model.trainable_parameters())
-        assert (counts["model/params_backbone"] + counts["model/params_head"] + counts["model/params_aggregator"]
-                == counts["model/params"])
+        assert (
+            counts["model/params_backbone"] + counts["model/params_head"] + counts["model/params_aggregator"]
+            == counts["model/params"]
+        )
         model.eval()
         assert not any(m.training for m in model.modules())
 
 
 def test_mlp_trains_the_whole_classification_head_of_a_timm_vit():
     """A timm ViT's head is its final LayerNorm + Linear, as the original's ``mlp_head``."""
-    vit = functools.partial(timm_backbone, model_name="vit_tiny_patch16_224",
-                            model_kwargs={"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 16, "num_heads": 2})
+    vit = functools.partial(
+        timm_backbone,
+        model_name="vit_tiny_patch16_224",
+        model_kwargs={"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 16, "num_heads": 2},
+    )
     model = make("mean", "c4", "mlp", backbone=vit)
     timm_vit = model.net.backbone.model
     expected = {id(p) for m in (timm_vit.norm, timm_vit.head) for p in m.parameters()}
     assert {id(p) for p in model.trainable_parameters()} == expected
-    assert model.parameter_counts()["model/params_head"] == sum(p.numel() for m in (timm_vit.norm, timm_vit.head)
-                                                               for p in m.parameters())
+    assert model.parameter_counts()["model/params_head"] == sum(
+        p.numel() for m in (timm_vit.norm, timm_vit.head) for p in m.parameters()
+    )
 
 
 def test_regime_refusals_are_clear(tmp_path):
@@ -293,6 +346,7 @@ def test_regime_refusals_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown regime 'linear'"):
         make("mean", regime="linear")
     from hydra.errors import MissingConfigException
+
     with pytest.raises(MissingConfigException, match="aggregator/median"):
         compose_config(["model=posthoc", "model/aggregator=median"], tmp_path)
 
@@ -324,8 +378,9 @@ def test_flip_is_a_true_mirror_and_d4_holds_the_eight_symmetries(images):
     assert torch.equal(views[:, 1], images.flip(-1))
     assert not torch.equal(views[:, 1], torch.rot90(images, 2, (-2, -1)))
     d4 = GroupViews("d4")(images)
-    expected = [torch.rot90(images, k, (-2, -1)) for k in range(4)] + [torch.rot90(images.flip(-1), k, (-2, -1))
-                                                                       for k in range(4)]
+    expected = [torch.rot90(images, k, (-2, -1)) for k in range(4)] + [
+        torch.rot90(images.flip(-1), k, (-2, -1)) for k in range(4)
+    ]
     for i, view in enumerate(expected):
         assert torch.equal(d4[:, i], view)
 
@@ -489,16 +544,23 @@ def test_canonicalization_trains_through_its_estimators_and_the_prior(images):
 def test_timm_backbones_with_local_weights_only(tmp_path):
     source = timm.create_model("resnet18", pretrained=False, num_classes=1000)
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
-    backbone = timm_backbone(num_classes=10, in_channels=3, image_size=32, model_name="resnet18",
-                             weights=str(tmp_path / "resnet18.pth"))
+    backbone = timm_backbone(
+        num_classes=10, in_channels=3, image_size=32, model_name="resnet18", weights=str(tmp_path / "resnet18.pth")
+    )
     assert isinstance(backbone, TimmStyleBackbone) and backbone.spatial_features and backbone.embed_dim == 512
     assert backbone.invariant_pooling  # global average pooling
     assert torch.equal(backbone.model.conv1.weight, source.conv1.weight)
     assert backbone.head.out_features == 10
-    vit = timm_backbone(num_classes=10, in_channels=1, image_size=28, model_name="vit_tiny_patch16_224",
-                        model_kwargs={"img_size": 28, "patch_size": 7, "depth": 1})
-    assert not vit.spatial_features and vit.forward_head(vit.forward_features(torch.rand(2, 1, 28, 28)),
-                                                         pre_logits=True).shape == (2, 192)
+    vit = timm_backbone(
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        model_name="vit_tiny_patch16_224",
+        model_kwargs={"img_size": 28, "patch_size": 7, "depth": 1},
+    )
+    assert not vit.spatial_features and vit.forward_head(
+        vit.forward_features(torch.rand(2, 1, 28, 28)), pre_logits=True
+    ).shape == (2, 192)
     with pytest.raises(FileNotFoundError, match="timm weights file"):
         timm_backbone(num_classes=10, in_channels=3, image_size=32, model_name="resnet18", weights="/nope.pth")
 
@@ -506,8 +568,9 @@ def test_timm_backbones_with_local_weights_only(tmp_path):
 def test_attention_pooled_timm_clip_resnet_is_recognised_and_made_invariant():
     """timm's resnet50_clip (attention pooling with a positional embedding, CLIP RN50): its pooling is not
     trusted, so spatial methods read out symmetrised; float64, random weights, rot90 and a mirror."""
-    backbone = timm_backbone(num_classes=10, in_channels=1, image_size=64, model_name="resnet50_clip",
-                             model_kwargs={"img_size": 64})
+    backbone = timm_backbone(
+        num_classes=10, in_channels=1, image_size=64, model_name="resnet50_clip", model_kwargs={"img_size": 64}
+    )
     assert backbone.spatial_features and not backbone.invariant_pooling
     x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     model = make("equiattention", "d4", "aggregator_only", backbone=backbone, data=dict(MNIST, image_size=64))
@@ -522,13 +585,15 @@ def test_attention_pooled_timm_clip_resnet_is_recognised_and_made_invariant():
 def test_torchvision_resnets_from_a_local_file(tmp_path):
     source = torchvision.models.resnet18(weights=None)
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
-    backbone = resnet_backbone(num_classes=2, in_channels=3, image_size=64, arch="resnet18",
-                               weights=str(tmp_path / "resnet18.pth"))
+    backbone = resnet_backbone(
+        num_classes=2, in_channels=3, image_size=64, arch="resnet18", weights=str(tmp_path / "resnet18.pth")
+    )
     assert isinstance(backbone, TorchvisionResNetBackbone) and backbone.embed_dim == 512
     assert torch.equal(backbone.model.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     assert backbone.head.out_features == 2
-    gray = resnet_backbone(num_classes=10, in_channels=1, image_size=64, arch="resnet18",
-                           weights=str(tmp_path / "resnet18.pth"))
+    gray = resnet_backbone(
+        num_classes=10, in_channels=1, image_size=64, arch="resnet18", weights=str(tmp_path / "resnet18.pth")
+    )
     assert torch.allclose(gray.model.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
     x = torch.rand(2, 3, 64, 64)
     features = backbone.eval().forward_features(x)
@@ -559,24 +624,36 @@ def test_a_backbone_with_the_wrong_number_of_classes_is_refused():
 
 
 # ---- two stages through train.py ----------------------------------------------------------------------
-SMALL = ["data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=32",
-         "data.eval_batch_size=64", "callbacks.rotation_robustness.max_samples=16",
-         "callbacks.rotation_robustness.step_deg=90", "logger=csv"]
+SMALL = [
+    "data.train_size=128",
+    "data.val_size=64",
+    "data.test_size=64",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "callbacks.rotation_robustness.max_samples=16",
+    "callbacks.rotation_robustness.step_deg=90",
+    "logger=csv",
+]
 
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory) -> Path:
     """Stage 1: a tiny ViT trained for one epoch on upright digits; returns its selected checkpoint."""
     out = tmp_path_factory.mktemp("stage1")
-    cfg = compose_config(["experiment=vit_rotmnist_mini", "data.variant=upright_train", "trainer.max_epochs=1",
-                          "seed=0"] + TINY_VIT + SMALL, out)
+    cfg = compose_config(
+        ["experiment=vit_rotmnist_mini", "data.variant=upright_train", "trainer.max_epochs=1", "seed=0"]
+        + TINY_VIT
+        + SMALL,
+        out,
+    )
     metrics, _ = train_script.run(cfg)
     return Path(metrics["best_checkpoint"])
 
 
 def stage2(tmp_path: Path, *overrides: str):
-    cfg = compose_config(["experiment=posthoc_rotmnist_mini", "trainer.max_epochs=1"] + SMALL + list(overrides),
-                         tmp_path)
+    cfg = compose_config(
+        ["experiment=posthoc_rotmnist_mini", "trainer.max_epochs=1"] + SMALL + list(overrides), tmp_path
+    )
     return train_script.run(cfg)
 
 
@@ -595,8 +672,11 @@ def test_checkpoint_backbone_rebuilds_the_stage1_network(stage1):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_every_backbone_option_builds_a_wrapper(name, stage1, tmp_path):
     """Every yaml of conf/model/backbone/ (tiny where it has sizes; the checkpoint one wraps stage 1)."""
-    extra = {"vit": TINY_BACKBONE_OVERRIDES[1:], "checkpoint": [f"model.backbone.ckpt_path={stage1}"],
-             "timm": ["model.backbone.model_name=resnet18"]}.get(name, [])
+    extra = {
+        "vit": TINY_BACKBONE_OVERRIDES[1:],
+        "checkpoint": [f"model.backbone.ckpt_path={stage1}"],
+        "timm": ["model.backbone.model_name=resnet18"],
+    }.get(name, [])
     cfg = compose_config(["model=posthoc", f"model/backbone={name}", "model/aggregator=mean"] + extra, tmp_path)
     model = hydra.utils.instantiate(cfg.model).eval()
     with torch.no_grad():
@@ -614,14 +694,16 @@ def test_two_stage_zero_shot_wraps_the_trained_backbone(stage1, tmp_path):
     for key, value in model.net.backbone.model.state_dict().items():
         assert torch.equal(value, stage1_state[f"net.{key}"]), key
     # the same network described by the vit source (architecture in the config, weights from the file)
-    again, _ = stage2(tmp_path / "vit", f"model.backbone.ckpt_path={stage1}", "model.group=c16",
-                                *TINY_BACKBONE_OVERRIDES)
+    again, _ = stage2(
+        tmp_path / "vit", f"model.backbone.ckpt_path={stage1}", "model.group=c16", *TINY_BACKBONE_OVERRIDES
+    )
     assert again["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
 def test_two_stage_mlp_trains_only_the_head(stage1, tmp_path):
-    metrics, objects = stage2(tmp_path, f"model.backbone.ckpt_path={stage1}", "model.regime=mlp",
-                              "model/aggregator=equiattention")
+    metrics, objects = stage2(
+        tmp_path, f"model.backbone.ckpt_path={stage1}", "model.regime=mlp", "model/aggregator=equiattention"
+    )
     assert metrics["status"] == "completed" and Path(metrics["best_checkpoint"]).is_file()
     model = objects["model"]
     head = sum(p.numel() for p in model.net.backbone.head.parameters())
@@ -636,17 +718,29 @@ def test_two_stage_mlp_trains_only_the_head(stage1, tmp_path):
     # write-up 003's second phase starts from this aggregator and trains the backbone with it frozen
     best_path = Path(metrics["best_checkpoint"])
     run_dir = best_path.parents[1]  # a run directory is accepted: its one checkpoints/best-*.ckpt
-    phase2, objects = stage2(tmp_path / "phase2", f"model.backbone.ckpt_path={stage1}", "model.regime=backbone_only",
-                             "model/aggregator=equiattention", f"model.init_aggregator_from={run_dir}")
+    phase2, objects = stage2(
+        tmp_path / "phase2",
+        f"model.backbone.ckpt_path={stage1}",
+        "model.regime=backbone_only",
+        "model/aggregator=equiattention",
+        f"model.init_aggregator_from={run_dir}",
+    )
     trained = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     start = objects["model"].net.aggregator.state_dict()
     after = torch.load(phase2["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     for key, value in start.items():
-        assert torch.equal(value, trained[f"net.aggregator.{key}"]) and torch.equal(after[f"net.aggregator.{key}"], value)
+        assert torch.equal(value, trained[f"net.aggregator.{key}"]) and torch.equal(
+            after[f"net.aggregator.{key}"], value
+        )
     assert phase2["model/params_trainable"] == phase2["model/params"] - phase2["model/params_aggregator"]
     with pytest.raises(Exception, match="does not match model/aggregator=lambda"):
-        stage2(tmp_path / "bad", f"model.backbone.ckpt_path={stage1}", "model.regime=full", "model/aggregator=lambda",
-               f"model.init_aggregator_from={best_path}")
+        stage2(
+            tmp_path / "bad",
+            f"model.backbone.ckpt_path={stage1}",
+            "model.regime=full",
+            "model/aggregator=lambda",
+            f"model.init_aggregator_from={best_path}",
+        )
 
 
 def test_a_stage2_experiment_without_its_checkpoint_says_what_is_missing(tmp_path):
@@ -658,9 +752,20 @@ def test_command_line_contract(stage1, tmp_path):
     """python train.py model=posthoc model/aggregator=... model.group=... model.regime=... model.backbone..."""
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / "cli"
-    cmd = [sys.executable, "train.py", "model=posthoc", "model/aggregator=lambda", "model.group=flip",
-           "model.regime=aggregator_only", "model/backbone=checkpoint", f"model.backbone.ckpt_path={stage1}",
-           "data.variant=upright_train", "trainer.max_epochs=1", f"hydra.run.dir={out}", *SMALL]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "model=posthoc",
+        "model/aggregator=lambda",
+        "model.group=flip",
+        "model.regime=aggregator_only",
+        "model/backbone=checkpoint",
+        f"model.backbone.ckpt_path={stage1}",
+        "data.variant=upright_train",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={out}",
+        *SMALL,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -670,8 +775,16 @@ def test_command_line_contract(stage1, tmp_path):
 @pytest.mark.parametrize("name", AGGREGATORS)
 def test_every_aggregator_option_composes_for_every_group(name, tmp_path):
     for group in ("c4", "flip", "d4", "c8", "c16"):
-        cfg = compose_config(["model=posthoc", f"model/aggregator={name}", f"model.group={group}",
-                              f"model.regime={regimes_of(name)[-1]}"] + TINY_BACKBONE_OVERRIDES, tmp_path)
+        cfg = compose_config(
+            [
+                "model=posthoc",
+                f"model/aggregator={name}",
+                f"model.group={group}",
+                f"model.regime={regimes_of(name)[-1]}",
+            ]
+            + TINY_BACKBONE_OVERRIDES,
+            tmp_path,
+        )
         model = hydra.utils.instantiate(cfg.model)
         assert isinstance(model, PostHocClassifier) and model.net.group.order == get_group(group).order
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -692,11 +805,14 @@ def test_docs_methods_table_matches_the_folder():
     generated = methods_table_rows()
     assert set(documented) <= set(generated), f"docs rows without a yaml: {set(documented) - set(generated)}"
     for name, row in documented.items():
-        assert row == generated[name], f"the docs row of {name} is stale: regenerate it with " \
-                                       "python -m lightning_modules.posthoc methods-table"
+        assert row == generated[name], (
+            f"the docs row of {name} is stale: regenerate it with python -m lightning_modules.posthoc methods-table"
+        )
     if set(generated) - set(documented):
-        warnings.warn(f"docs/posthoc.md has no row for {sorted(set(generated) - set(documented))}; "
-                      "python -m lightning_modules.posthoc methods-table prints it")
+        warnings.warn(
+            f"docs/posthoc.md has no row for {sorted(set(generated) - set(documented))}; "
+            "python -m lightning_modules.posthoc methods-table prints it"
+        )
 
 
 def test_the_sweeps_read_the_folder(capsys):

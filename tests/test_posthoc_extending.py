@@ -1,6 +1,7 @@
 """Adding a post-hoc method is one module plus one yaml: in a copy of the repository, a copy of mean.py as
 centroid.py and conf/model/aggregator/centroid.yaml — nothing else edited — train through train.py, are
 listed for every sweep grid and are parametrised by the post-hoc tests."""
+
 from __future__ import annotations
 
 import os
@@ -46,12 +47,25 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path):
     aggregators = copy / "gevit" / "posthoc" / "aggregators"
     shutil.copy(aggregators / "mean.py", aggregators / "centroid.py")
     (copy / "conf" / "model" / "aggregator" / "centroid.yaml").write_text(
-        "_target_: gevit.posthoc.aggregators.centroid.MeanAggregator\n_partial_: true\n")
+        "_target_: gevit.posthoc.aggregators.centroid.MeanAggregator\n_partial_: true\n"
+    )
 
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(copy)}
-    listed = subprocess.run([sys.executable, "-m", "lightning_modules.posthoc", "aggregators", "--fixed"], cwd=copy,
-                            env=env, capture_output=True, text=True, timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-m", "lightning_modules.posthoc", "aggregators", "--fixed"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert listed.returncode == 0 and "centroid" in listed.stdout.split(","), listed.stderr[-2000:]
-    done = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path / "run")], cwd=copy, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(tmp_path / "run")],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

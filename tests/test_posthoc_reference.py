@@ -6,12 +6,13 @@ each image made by :class:`gevit.posthoc.GroupViews` (``Group.orbit``). One back
 computes the 16 C16 view embeddings; C4 uses every fourth view (the same rot90 images) and the plain model
 the first (the identity). The full ``PostHocClassifier.forward`` is checked against this on a subset.
 """
+
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
-
-import functools
 
 from gevit.posthoc import FaithfulTransformerAggregator, peer_vit_backbone
 from gevit.posthoc.aggregators import MeanAggregator, MeanProbsAggregator
@@ -23,8 +24,13 @@ from tests.mnist_digits import mnist_test_digits
 REFERENCE = {
     "upright": {"plain": 98.47},
     "rotated": {"plain": 41.93, "c4_mean": 68.87, "c4_mean_probs": 64.63, "c16_mean": 72.80, "c16_mean_probs": 73.47},
-    "rotated_transposed": {"plain": 27.33, "c4_mean": 37.97, "c4_mean_probs": 38.23, "c16_mean": 39.27,
-                           "c16_mean_probs": 41.23},
+    "rotated_transposed": {
+        "plain": 27.33,
+        "c4_mean": 37.97,
+        "c4_mean_probs": 38.23,
+        "c16_mean": 39.27,
+        "c16_mean_probs": 41.23,
+    },
 }
 NUM_DIGITS = 3000
 BATCH = 250
@@ -33,16 +39,25 @@ BATCH = 250
 def classifier(shared_data, group: str, aggregator: str) -> PostHocClassifier:
     path = shared_data / "checkpoints" / "peer_vit_upright_mnist.pt"
     aggregator_class = {"mean": MeanAggregator, "mean_probs": MeanProbsAggregator}[aggregator]
-    return PostHocClassifier(backbone=functools.partial(peer_vit_backbone, ckpt_path=str(path)), aggregator=aggregator_class,
-                             group=group, regime="zero_shot", num_classes=10, in_channels=1, image_size=28,
-                             input_mean=(0.1307,), input_std=(0.3081,)).eval()
+    return PostHocClassifier(
+        backbone=functools.partial(peer_vit_backbone, ckpt_path=str(path)),
+        aggregator=aggregator_class,
+        group=group,
+        regime="zero_shot",
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        input_mean=(0.1307,),
+        input_std=(0.3081,),
+    ).eval()
 
 
 @torch.no_grad()
 def c16_view_embeddings(model: PostHocClassifier, images: torch.Tensor) -> torch.Tensor:
     """(N, 1, 28, 28) in [0, 1] -> (N, 16, D): the backbone's embedding of every C16 view."""
-    return torch.cat([model.net.view_features(model.normalize(images[i:i + BATCH]))[1]
-                      for i in range(0, len(images), BATCH)])
+    return torch.cat(
+        [model.net.view_features(model.normalize(images[i : i + BATCH]))[1] for i in range(0, len(images), BATCH)]
+    )
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -61,8 +76,14 @@ def test_wrapping_the_peer_vit_reproduces_the_reference_table(shared_data):
     head, mean, mean_probs = model.net.backbone.head, MeanAggregator(), MeanProbsAggregator()
     measured = {}
     with torch.no_grad():
-        measured["upright"] = {"plain": accuracy(torch.cat([model.net.backbone(model.normalize(images[i:i + BATCH]))
-                                                            for i in range(0, NUM_DIGITS, BATCH)]), labels)}
+        measured["upright"] = {
+            "plain": accuracy(
+                torch.cat(
+                    [model.net.backbone(model.normalize(images[i : i + BATCH])) for i in range(0, NUM_DIGITS, BATCH)]
+                ),
+                labels,
+            )
+        }
         for name in ("rotated", "rotated_transposed"):
             views = c16_view_embeddings(model, inputs[name])
             c4 = views[:, ::4]  # rotations by 0, 90, 180, 270 degrees
@@ -74,8 +95,10 @@ def test_wrapping_the_peer_vit_reproduces_the_reference_table(shared_data):
                 "c16_mean_probs": accuracy(mean_probs(head(views)), labels),
             }
             if name == "rotated":  # the end-to-end forward computes the same logits
-                for group, aggregator, logits in [("c4", "mean", head(mean(c4[:64]))),
-                                                  ("c16", "mean_probs", mean_probs(head(views[:64])))]:
+                for group, aggregator, logits in [
+                    ("c4", "mean", head(mean(c4[:64]))),
+                    ("c16", "mean_probs", mean_probs(head(views[:64]))),
+                ]:
                     forward = classifier(shared_data, group, aggregator)(inputs[name][:64])
                     assert torch.allclose(forward, logits, atol=1e-4), (group, aggregator)
     print("\nmeasured accuracy (%):", measured)
@@ -88,6 +111,7 @@ def original_learned_aggregation(tokens: torch.Tensor, cls_token: torch.Tensor, 
     """The original LearnedAggregation (GEVit-DL2-Project ``sub_models.Transformer``) written out as
     formulas, sequence-first like the original: per block ``x = x + MHA1(LN1 x); x = ReLU(LN2 x);
     x = x + MHA2(x)``; the output is the class token's row."""
+
     def layer_norm(x, w, b):
         return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)
 
@@ -120,8 +144,10 @@ def test_faithful_transformer_matches_the_original_learned_aggregation():
         for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
             entry[name] = state[f"blocks.{i}.{name}"]
         for attn in ("attn1", "attn2"):
-            entry[attn] = {k: state[f"blocks.{i}.{attn}.{k}"] for k in
-                           ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")}
+            entry[attn] = {
+                k: state[f"blocks.{i}.{attn}.{k}"]
+                for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+            }
         blocks.append(entry)
     tokens = torch.randn(3, 8, 16, dtype=torch.float64)
     with torch.no_grad():

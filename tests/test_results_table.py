@@ -1,4 +1,5 @@
 """scripts/results_table.py on a synthetic sweep folder laid out as Hydra and train.py write it."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,11 @@ def sweep(tmp_path):
     """Two sub-sweeps of one table: aggregator x regime x 3 seeds, one run failed, plus submitit's folder."""
     root = tmp_path / "posthoc_rotmnist" / "multiruns" / "2026-11-25_10-00-00"
     common = ["experiment=posthoc_rotmnist", "model.backbone.ckpt_path=/runs/vit/best.ckpt", "model.group=c4"]
-    accuracies = {("mean", "zero_shot"): [0.90, 0.92, 0.91], ("mean", "full"): [0.95, 0.96, 0.97],
-                  ("lambda", "aggregator_only"): [0.93, 0.94, None]}
+    accuracies = {
+        ("mean", "zero_shot"): [0.90, 0.92, 0.91],
+        ("mean", "full"): [0.95, 0.96, 0.97],
+        ("lambda", "aggregator_only"): [0.93, 0.94, None],
+    }
     job = 0
     for (aggregator, regime), values in accuracies.items():
         sub = "fixed" if aggregator == "mean" else "learned"
@@ -38,8 +42,11 @@ def sweep(tmp_path):
             if acc is None:
                 make_job(root / sub / str(job), overrides, status="failed: NonFiniteLossError: nan")
             else:
-                make_job(root / sub / str(job), overrides, **{"val/acc_best": acc + 0.01, "test/acc": acc,
-                                                              "model/params": 1000})
+                make_job(
+                    root / sub / str(job),
+                    overrides,
+                    **{"val/acc_best": acc + 0.01, "test/acc": acc, "model/params": 1000},
+                )
             job += 1
     (root / "fixed" / ".submitit" / "1").mkdir(parents=True)
     (root / "fixed" / ".submitit" / "1" / "metrics.json").write_text("{}")  # never a run
@@ -54,7 +61,9 @@ def test_table_rows_are_methods_columns_are_regimes(sweep, tmp_path):
     for column in ("regime=zero_shot val", "regime=zero_shot test", "regime=full test", "regime=aggregator_only test"):
         assert column in header
     mean_row = next(line for line in lines if line.startswith("| mean |"))
-    expected = f"{100 * statistics.fmean([0.90, 0.92, 0.91]):.2f} ± {100 * statistics.stdev([0.90, 0.92, 0.91]):.2f} (3)"
+    expected = (
+        f"{100 * statistics.fmean([0.90, 0.92, 0.91]):.2f} ± {100 * statistics.stdev([0.90, 0.92, 0.91]):.2f} (3)"
+    )
     assert expected in mean_row
     lambda_row = next(line for line in lines if line.startswith("| lambda |"))
     assert "93.50 ± 0.71 (2/3)" in lambda_row  # the failed seed is counted, not hidden
@@ -62,7 +71,11 @@ def test_table_rows_are_methods_columns_are_regimes(sweep, tmp_path):
 
     with open(tmp_path / "table" / "results.csv") as f:
         cells = list(csv.DictReader(f))
-    full_test = next(c for c in cells if c["model/aggregator"] == "mean" and c["model.regime"] == "full" and c["metric"] == "test/acc")
+    full_test = next(
+        c
+        for c in cells
+        if c["model/aggregator"] == "mean" and c["model.regime"] == "full" and c["metric"] == "test/acc"
+    )
     assert float(full_test["mean"]) == pytest.approx(0.96) and full_test["n"] == "3"
     with open(tmp_path / "table" / "runs.csv") as f:
         runs = list(csv.DictReader(f))
@@ -70,8 +83,21 @@ def test_table_rows_are_methods_columns_are_regimes(sweep, tmp_path):
 
 
 def test_explicit_rows_columns_and_metrics(sweep, tmp_path):
-    markdown = main([str(sweep), "--rows", "model/aggregator", "model.regime", "--columns", "--metrics", "test/acc",
-                     "--digits", "1", "--out", str(tmp_path)])
+    markdown = main(
+        [
+            str(sweep),
+            "--rows",
+            "model/aggregator",
+            "model.regime",
+            "--columns",
+            "--metrics",
+            "test/acc",
+            "--digits",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert markdown.splitlines()[0] == "| aggregator | regime | test |"
     assert "| mean | full | 96.0 ± 1.0 (3) |" in markdown
 
@@ -82,8 +108,9 @@ def test_a_folder_without_runs_is_a_clear_error(tmp_path):
 
 
 def test_command_line(sweep):
-    done = subprocess.run([sys.executable, "scripts/results_table.py", str(sweep)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "scripts/results_table.py", str(sweep)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "| aggregator |" in done.stdout and (sweep / "results.md").is_file()
     assert "1 not completed" in done.stderr

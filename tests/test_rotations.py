@@ -53,7 +53,7 @@ def test_robustness_of_an_invariant_model():
     res = evaluate_rotation_robustness(InvariantToy(), [(x, y)], angles=[0, 45, 90, 180, 270])
     assert res["angles"] == [0.0, 45.0, 90.0, 180.0, 270.0]
     assert res["invariance_error_rot90"] < 1e-6
-    assert res["invariance_error"][1] > 1e-4          # 45 degrees is measured, not exact
+    assert res["invariance_error"][1] > 1e-4  # 45 degrees is measured, not exact
     assert res["num_samples"] == 16
 
 

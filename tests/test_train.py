@@ -1,4 +1,5 @@
 """The training pipeline end to end on the embedded data: honest splits, outputs, resume, eval-only."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,20 @@ from tests.helpers import TINY_VIT, compose_config
 REPO = Path(__file__).resolve().parents[1]
 
 # A few hundred digits and a one-block ViT: each run takes seconds on 2 cores.
-FAST = ["model=vit"] + TINY_VIT + [  # the default model is the EqCvT main job: name the ViT
-    "data.train_size=256", "data.val_size=128", "data.test_size=128", "data.batch_size=64",
-    "data.eval_batch_size=128", "callbacks.rotation_robustness.max_samples=64",
-    "callbacks.rotation_robustness.step_deg=45", "logger=csv",
-]
+FAST = (
+    ["model=vit"]
+    + TINY_VIT
+    + [  # the default model is the EqCvT main job: name the ViT
+        "data.train_size=256",
+        "data.val_size=128",
+        "data.test_size=128",
+        "data.batch_size=64",
+        "data.eval_batch_size=128",
+        "callbacks.rotation_robustness.max_samples=64",
+        "callbacks.rotation_robustness.step_deg=45",
+        "logger=csv",
+    ]
+)
 
 
 def run(tmp_path: Path, *overrides: str, name: str = "run"):
@@ -41,8 +51,17 @@ def trained(tmp_path_factory):
 def test_run_writes_every_output(trained):
     out, metrics, _ = trained
     on_disk = json.loads((out / "metrics.json").read_text())
-    for key in ("val/acc_best", "test/acc", "test/loss", "model/params", "config_path", "git_commit",
-                "rotation_robustness", "best_checkpoint", "test/invariance_error_rot90"):
+    for key in (
+        "val/acc_best",
+        "test/acc",
+        "test/loss",
+        "model/params",
+        "config_path",
+        "git_commit",
+        "rotation_robustness",
+        "best_checkpoint",
+        "test/invariance_error_rot90",
+    ):
         assert key in on_disk, key
     assert on_disk["status"] == "completed"
     assert on_disk["model/params"] == sum(p.numel() for p in trained[2]["model"].parameters())
@@ -76,7 +95,9 @@ def test_requesting_the_test_loader_during_fit_is_refused(tmp_path):
     with pytest.raises(HonestSplitError, match="validation split only"):
         original = train_script.instantiate_collection
         try:
-            train_script.instantiate_collection = lambda c, kind: original(c, kind) + ([Peek()] if kind == "callbacks" else [])
+            train_script.instantiate_collection = lambda c, kind: (
+                original(c, kind) + ([Peek()] if kind == "callbacks" else [])
+            )
             train_script.run(cfg)
         finally:
             train_script.instantiate_collection = original
@@ -129,8 +150,14 @@ def test_cli_default_command_and_optimized_metric(tmp_path):
     assert metrics["status"] == "completed" and 0.0 <= metrics["test/acc"] <= 1.0
     assert (out / ".hydra" / "config.yaml").is_file()
 
-    bad = subprocess.run([sys.executable, "train.py", "data=nope", f"hydra.run.dir={tmp_path / 'bad'}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "train.py", "data=nope", f"hydra.run.dir={tmp_path / 'bad'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0
     assert "Could not find 'data/nope'" in bad.stderr and "rotmnist" in bad.stderr  # lists the options
 
@@ -153,8 +180,7 @@ def test_main_returns_the_optimized_metric(tmp_path, monkeypatch):
 def test_multirun_sweep_writes_one_directory_per_job(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
     # the default sweep directory (logs/<task>/multiruns/<time>/<job>) under a temporary log_dir
-    cmd = [sys.executable, "train.py", "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "seed=0,1",
-           *FAST]
+    cmd = [sys.executable, "train.py", "-m", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "seed=0,1", *FAST]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()

@@ -1,6 +1,7 @@
 """The Triton attention kernel, run on the CPU by Triton's interpreter: same function and gradients
 as the eager path on tiny shapes, and reproducible dropout. TRITON_INTERPRET must be set before triton
 is imported, so the checks run in a fresh interpreter (this process may already have imported triton)."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-CHECK = textwrap.dedent('''
+CHECK = textwrap.dedent("""
     import os
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
@@ -58,12 +59,13 @@ CHECK = textwrap.dedent('''
     torch.manual_seed(5)
     assert torch.equal(first, layer(x)) and not torch.allclose(first, layer(x))
     print("TRITON-INTERPRETER-OK")
-''')
+""")
 
 
 def test_triton_kernel_in_the_interpreter_matches_eager():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root), "GEVIT_ATTENTION": "auto"}
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and "TRITON-INTERPRETER-OK" in result.stdout, result.stdout + result.stderr

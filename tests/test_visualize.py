@@ -1,6 +1,7 @@
 """scripts/visualize.py and scripts/figures/: every figure from tiny checkpoints trained here (rebuilt by
 runkit.load_run), the CLI end to end, clear refusals of checkpoints of the wrong kind, and the equivariance
 that the latent figure shows. The maths alone is tested on untrained networks in tests/test_analysis.py."""
+
 from __future__ import annotations
 
 import copy
@@ -18,19 +19,41 @@ from PIL import Image
 import train as train_script
 from gevit.posthoc.aggregators.mean import MeanAggregator
 from runkit import CheckpointError, load_run
-from scripts.figures import (CheckpointKindError, LoadedModel, gevit_attention, gevit_latents, load_model,
-                             plot_gevit_attention, plot_gevit_latents, plot_robustness_comparison,
-                             plot_rotation_confidence, plot_view_weights, plot_vit_attention, rotation_predictions,
-                             validation_digits, view_weight_statistics, write_rotation_gif)
+from scripts.figures import (
+    CheckpointKindError,
+    LoadedModel,
+    gevit_attention,
+    gevit_latents,
+    load_model,
+    plot_gevit_attention,
+    plot_gevit_latents,
+    plot_robustness_comparison,
+    plot_rotation_confidence,
+    plot_view_weights,
+    plot_vit_attention,
+    rotation_predictions,
+    validation_digits,
+    view_weight_statistics,
+    write_rotation_gif,
+)
 from scripts.visualize import main
 from tests.helpers import TINY_NETS, TINY_VIT, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A few dozen digits and the smallest models: each training run takes a few seconds on 2 cores.
-SMALL = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=32",
-         "data.eval_batch_size=32", "callbacks.rotation_robustness.max_samples=16",
-         "callbacks.rotation_robustness.step_deg=90", "logger=csv", "trainer.max_epochs=1", "seed=0"]
+SMALL = [
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.batch_size=32",
+    "data.eval_batch_size=32",
+    "callbacks.rotation_robustness.max_samples=16",
+    "callbacks.rotation_robustness.step_deg=90",
+    "logger=csv",
+    "trainer.max_epochs=1",
+    "seed=0",
+]
 TINY_GEVIT = ["model=gevit"] + TINY_NETS["gevit.models.GroupTransformer"] + ["model.net.spatial_pooling=mean"]
 
 
@@ -48,14 +71,21 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("viz_runs")
     vit = train_tiny(tmp / "vit", ["model=vit"] + TINY_VIT + ["data.variant=upright_train"])
     backbone = next((vit / "checkpoints").glob("best-*.ckpt"))
-    posthoc = ["experiment=posthoc_rotmnist_mini", f"model.backbone.ckpt_path={backbone}",
-               "model.regime=aggregator_only", "model.group=c4"]
+    posthoc = [
+        "experiment=posthoc_rotmnist_mini",
+        f"model.backbone.ckpt_path={backbone}",
+        "model.regime=aggregator_only",
+        "model.group=c4",
+    ]
     return {
         "vit": vit,
         "gevit": train_tiny(tmp / "gevit", TINY_GEVIT),
         "lambda": train_tiny(tmp / "lambda", posthoc + ["model/aggregator=lambda", "model.aggregator.hidden_dim=16"]),
-        "equiattention": train_tiny(tmp / "equiattention", posthoc + [
-            "model/aggregator=equiattention", "model.aggregator.hidden_dim=16", "model.aggregator.attn_dim=16"]),
+        "equiattention": train_tiny(
+            tmp / "equiattention",
+            posthoc
+            + ["model/aggregator=equiattention", "model.aggregator.hidden_dim=16", "model.aggregator.attn_dim=16"],
+        ),
     }
 
 
@@ -85,7 +115,11 @@ def assert_real_png(path: Path, min_side: int = 200) -> None:
 # ---- loading ----------------------------------------------------------------------------------------------
 def test_checkpoints_rebuild_the_trained_modules(models, runs):
     assert {name: m.kind for name, m in models.items()} == {
-        "vit": "vit", "gevit": "gevit", "lambda": "posthoc", "equiattention": "posthoc"}
+        "vit": "vit",
+        "gevit": "gevit",
+        "lambda": "posthoc",
+        "equiattention": "posthoc",
+    }
     assert models["gevit"].label == "GE-ViT" and models["lambda"].label == "post-hoc lambda"
     assert "GE-ViT p4" in models["gevit"].description()
     assert all(not m.module.training for m in models.values())
@@ -118,8 +152,11 @@ def test_a_post_hoc_checkpoint_loads_without_its_stage1_file(runs, tmp_path):
         load_model(moved)
     # the same wrapper with the architecture spelled out in the config (this project's ViT) needs no file
     vit_config = load_model(last_ckpt(runs["vit"])).config["net"]
-    architecture = {k: v for k, v in vit_config.items()
-                    if k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_hidden_dim", "dropout")}
+    architecture = {
+        k: v
+        for k, v in vit_config.items()
+        if k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_hidden_dim", "dropout")
+    }
     self_described = _with_backbone_file(ckpt, gone)
     backbone = self_described["gevit_model_config"]["backbone"]
     if "source" in backbone:
@@ -127,7 +164,10 @@ def test_a_post_hoc_checkpoint_loads_without_its_stage1_file(runs, tmp_path):
     else:  # backbones configured by _target_
         self_described["gevit_model_config"]["backbone"] = {
             **{k: v for k, v in backbone.items() if k.startswith("_")},
-            "_target_": "gevit.posthoc.backbones.vit_backbone", "ckpt_path": gone, **architecture}
+            "_target_": "gevit.posthoc.backbones.vit_backbone",
+            "ckpt_path": gone,
+            **architecture,
+        }
     torch.save(self_described, moved)
     with torch.no_grad():
         assert torch.allclose(load_model(moved).module(images), original.module(images), atol=1e-6)
@@ -168,8 +208,9 @@ def test_latents_of_rotated_inputs_are_rotated_and_rolled_latents(models, digit,
     assert_real_png(path)
     num_layers = 1 + 2  # lifting + the two blocks of the tiny GE-ViT
     assert errors.shape == (num_layers, 4) and float(errors.max()) < 1e-4
-    deviation, _ = plot_gevit_latents(models["gevit"], image, label, tmp_path / "deviation.png", channels=[0],
-                                      subtract_group_mean=True)
+    deviation, _ = plot_gevit_latents(
+        models["gevit"], image, label, tmp_path / "deviation.png", channels=[0], subtract_group_mean=True
+    )
     assert_real_png(deviation)
     # in float64 the equivariance is exact up to rounding
     exact = copy.deepcopy(models["gevit"])
@@ -254,14 +295,37 @@ def test_checkpoints_of_the_wrong_kind_are_refused_by_name(models, runs, digit, 
 def test_cli_all_writes_every_figure(runs, tmp_path):
     out = tmp_path / "figures"
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "scripts/visualize.py", "all", "--vit-ckpt", str(last_ckpt(runs["vit"])),
-           "--gevit-ckpt", str(last_ckpt(runs["gevit"])), "--posthoc-ckpt", str(last_ckpt(runs["lambda"])),
-           "--angle-step", "60", "--num-images", "8", "--image-index", "1", "--out", str(out), "--wandb"]
+    cmd = [
+        sys.executable,
+        "scripts/visualize.py",
+        "all",
+        "--vit-ckpt",
+        str(last_ckpt(runs["vit"])),
+        "--gevit-ckpt",
+        str(last_ckpt(runs["gevit"])),
+        "--posthoc-ckpt",
+        str(last_ckpt(runs["lambda"])),
+        "--angle-step",
+        "60",
+        "--num-images",
+        "8",
+        "--image-index",
+        "1",
+        "--out",
+        str(out),
+        "--wandb",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("rotation_confidence", "gevit_latents", "gevit_latents_group_deviation", "gevit_attention",
-                 "vit_attention",
-                 "view_weights_post_hoc_lambda", "rotation_robustness_comparison"):
+    for name in (
+        "rotation_confidence",
+        "gevit_latents",
+        "gevit_latents_group_deviation",
+        "gevit_attention",
+        "vit_attention",
+        "view_weights_post_hoc_lambda",
+        "rotation_robustness_comparison",
+    ):
         assert_real_png(out / f"{name}.png")
     with Image.open(out / "rotation.gif") as animation:
         assert animation.n_frames == 6

@@ -1,5 +1,6 @@
 """W&B: runs named from their overrides, grouped per sweep, tagged; parameters and images/s in the
 summary; the rotation curve as a table. Offline only (no network, no credentials)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,34 +16,80 @@ from tests.test_train import FAST
 
 
 def test_names_leave_out_paths_and_logging_details():
-    overrides = ["model.group=p8", "seed=1", "model.backbone.ckpt_path=/runs/a/best.ckpt", "data.data_dir=/data",
-                 "logger=wandb", "paths.log_dir=/tmp/x", "hydra.sweep.dir=logs/x", "+trainer.limit_train_batches=2",
-                 "model/aggregator=lambda"]
-    assert naming_overrides(overrides) == ["model.group=p8", "seed=1", "trainer.limit_train_batches=2",
-                                           "model/aggregator=lambda"]
+    overrides = [
+        "model.group=p8",
+        "seed=1",
+        "model.backbone.ckpt_path=/runs/a/best.ckpt",
+        "data.data_dir=/data",
+        "logger=wandb",
+        "paths.log_dir=/tmp/x",
+        "hydra.sweep.dir=logs/x",
+        "+trainer.limit_train_batches=2",
+        "model/aggregator=lambda",
+    ]
+    assert naming_overrides(overrides) == [
+        "model.group=p8",
+        "seed=1",
+        "trainer.limit_train_batches=2",
+        "model/aggregator=lambda",
+    ]
 
 
 def test_identity_of_a_sweep_job(tmp_path):
-    cfg = compose_config(["experiment=posthoc_rotmnist_mini", "model.group=d4", "model/aggregator=lambda",
-                          "model.regime=aggregator_only", "seed=2"], tmp_path / "job")
+    cfg = compose_config(
+        [
+            "experiment=posthoc_rotmnist_mini",
+            "model.group=d4",
+            "model/aggregator=lambda",
+            "model.regime=aggregator_only",
+            "seed=2",
+        ],
+        tmp_path / "job",
+    )
     hydra_cfg = HydraConfig.get()
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.mode = "MULTIRUN"
     with open_dict(cfg):  # a job of a sweep under logs/<task>/multiruns/<stamp>/<sub-sweep>/<num>
         cfg.paths.log_dir = str(tmp_path / "logs")
-        cfg.paths.output_dir = str(tmp_path / "logs" / cfg.task_name / "multiruns" / "2026-01-01_00-00-00" / "learned" / "3")
+        cfg.paths.output_dir = str(
+            tmp_path / "logs" / cfg.task_name / "multiruns" / "2026-01-01_00-00-00" / "learned" / "3"
+        )
     identity = run_identity(cfg)
     assert identity["group"] == f"{cfg.task_name}/2026-01-01_00-00-00"
-    assert identity["name"] == "experiment=posthoc_rotmnist_mini,model.group=d4,model/aggregator=lambda,model.regime=aggregator_only,seed=2"
+    assert (
+        identity["name"]
+        == "experiment=posthoc_rotmnist_mini,model.group=d4,model/aggregator=lambda,model.regime=aggregator_only,seed=2"
+    )
     # with the sweep's multirun.yaml (Hydra writes it before the jobs start) only the swept keys name the run
     sweep_dir = Path(cfg.paths.output_dir).parent
     sweep_dir.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": [
-        "experiment=posthoc_rotmnist_mini", "model.group=c4,d4", "model/aggregator=lambda,transformer",
-        "model.regime=aggregator_only", "seed=range(3)"]}}}), sweep_dir / "multirun.yaml")
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "hydra": {
+                    "overrides": {
+                        "task": [
+                            "experiment=posthoc_rotmnist_mini",
+                            "model.group=c4,d4",
+                            "model/aggregator=lambda,transformer",
+                            "model.regime=aggregator_only",
+                            "seed=range(3)",
+                        ]
+                    }
+                }
+            }
+        ),
+        sweep_dir / "multirun.yaml",
+    )
     assert run_identity(cfg)["name"] == "model.group=d4,model/aggregator=lambda,seed=2"
-    for tag in ("data:rotmnist_mini", "model:posthoc", "experiment:posthoc_rotmnist_mini", "group:d4",
-                "regime:aggregator_only", "aggregator:lambda"):
+    for tag in (
+        "data:rotmnist_mini",
+        "model:posthoc",
+        "experiment:posthoc_rotmnist_mini",
+        "group:d4",
+        "regime:aggregator_only",
+        "aggregator:lambda",
+    ):
         assert tag in identity["tags"], (tag, identity["tags"])
 
 

@@ -4,6 +4,7 @@ GE-ViT probabilities (``GroupTransformer.forward_features(x, return_intermediate
 lifting layer (B, heads, HW, |G|, k*k), group layers (B, heads, HW, |G|_v, |G|_g, |G|_m * k*k), for the
 k x k neighbourhood of each of the HW query positions (global attention: k = 2S - 1 on an S x S map).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ from gevit.models.vit import VisionTransformer
 
 def square_side(positions: int) -> int:
     """Side of a square map with ``positions`` positions."""
-    side = round(positions ** 0.5)
+    side = round(positions**0.5)
     if side * side != positions:
         raise ValueError(f"expected a square feature map, got {positions} positions")
     return side
@@ -32,8 +33,10 @@ def neighbourhood_attention(probs: torch.Tensor, group_order: int) -> torch.Tens
     if probs.ndim == 5:
         return probs
     if probs.ndim != 6 or probs.shape[-1] % group_order:
-        raise ValueError(f"expected lifting (B, heads, HW, |G|, k*k) or group-layer (B, heads, HW, |G|, |G|, "
-                         f"|G|*k*k) attention probabilities for |G|={group_order}, got {tuple(probs.shape)}")
+        raise ValueError(
+            f"expected lifting (B, heads, HW, |G|, k*k) or group-layer (B, heads, HW, |G|, |G|, "
+            f"|G|*k*k) attention probabilities for |G|={group_order}, got {tuple(probs.shape)}"
+        )
     b, heads, hw, v, g, _ = probs.shape
     return probs.view(b, heads, hw, v, g, group_order, -1).sum(-2).mean(-2)
 
@@ -65,8 +68,14 @@ def group_attention_maps(net: GroupTransformer, images: torch.Tensor) -> list[di
         neighbourhood = neighbourhood_attention(probs, net.group.order)
         side, k = square_side(neighbourhood.shape[2]), window_side(neighbourhood)
         centre = (side // 2) * side + side // 2
-        layers.append({"received": attention_received(neighbourhood), "side": side, "window": k,
-                       "centre": neighbourhood[:, :, centre].mean(1).unflatten(-1, (k, k))})
+        layers.append(
+            {
+                "received": attention_received(neighbourhood),
+                "side": side,
+                "window": k,
+                "centre": neighbourhood[:, :, centre].mean(1).unflatten(-1, (k, k)),
+            }
+        )
     return layers
 
 

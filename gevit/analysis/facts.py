@@ -4,6 +4,7 @@ Figures and scripts ask :func:`model_facts` instead of parsing class or config n
 or GSA-Nets from the attention layers' ``encoding``), the symmetry group, which attention maps it can
 return, and whether its post-hoc aggregator weighs the views.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,18 +70,30 @@ def model_facts(net: nn.Module) -> ModelFacts:
         return ModelFacts("gevit", name, f"{name} {net.group.name}, {_reach(net)} attention", net.group, "group")
     if isinstance(net, VisionTransformer):
         patch = net.patch_embed.patch_size
-        return ModelFacts("vit", "ViT", f"ViT, {len(net.blocks)} blocks, {net.embed_dim}-d, {patch}x{patch} patches",
-                          attention="tokens")
+        return ModelFacts(
+            "vit",
+            "ViT",
+            f"ViT, {len(net.blocks)} blocks, {net.embed_dim}-d, {patch}x{patch} patches",
+            attention="tokens",
+        )
     if isinstance(net, PostHocInvariant):
         aggregator = net.aggregator
         backbone = type(getattr(net.backbone, "model", net.backbone)).__name__
-        return ModelFacts("posthoc", f"post-hoc {aggregator.name}",
-                          f"post-hoc {aggregator.name} over {net.group.name} on {backbone}", net.group,
-                          view_weights=aggregator_weighs_views(aggregator))
+        return ModelFacts(
+            "posthoc",
+            f"post-hoc {aggregator.name}",
+            f"post-hoc {aggregator.name} over {net.group.name} on {backbone}",
+            net.group,
+            view_weights=aggregator_weighs_views(aggregator),
+        )
     if isinstance(net, HybridViT):
         inner = net.vit
-        return ModelFacts("hybrid", f"hybrid {_group_transformer_name(inner)}",
-                          f"hybrid: {net.stem_kind} stem -> {_group_transformer_name(inner)} {inner.group.name}, "
-                          f"{_reach(inner)} attention on {net.artificial_size}x{net.artificial_size}", inner.group)
+        return ModelFacts(
+            "hybrid",
+            f"hybrid {_group_transformer_name(inner)}",
+            f"hybrid: {net.stem_kind} stem -> {_group_transformer_name(inner)} {inner.group.name}, "
+            f"{_reach(inner)} attention on {net.artificial_size}x{net.artificial_size}",
+            inner.group,
+        )
     group = getattr(net, "group", None)
     return ModelFacts("other", type(net).__name__, type(net).__name__, group if isinstance(group, Group) else None)

@@ -1,4 +1,5 @@
 """GE-ViT latents per layer and how exactly they follow a rotation of the input."""
+
 from __future__ import annotations
 
 import torch
@@ -30,10 +31,15 @@ def latent_equivariance_errors(features: torch.Tensor, group: Group) -> torch.Te
     ``g -> r^k g`` (:meth:`Group.act_on_feature_map`). Zero for an exactly equivariant layer."""
     upright = features[:1]
     scale = upright.abs().max().clamp_min(1e-30)
-    return torch.stack([
-        (features[k:k + 1] - group.act_on_feature_map(upright, quarter_turn_element(group, k), group_dim=2))
-        .abs().max() / scale
-        for k in range(4)])
+    return torch.stack(
+        [
+            (features[k : k + 1] - group.act_on_feature_map(upright, quarter_turn_element(group, k), group_dim=2))
+            .abs()
+            .max()
+            / scale
+            for k in range(4)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -42,8 +48,10 @@ def layer_latents(net: GroupTransformer, image: torch.Tensor) -> tuple[list[torc
     the lifting and every transformer layer's output, each (4, C_l, |G|, h_l, w_l), and the equivariance
     errors (layers, 4) of :func:`latent_equivariance_errors`. The group must contain the 90° rotation."""
     if not net.group.contains_quarter_turn:
-        raise ValueError(f"the latents of a GE-ViT over {net.group.name} cannot be compared under 90° rotations: "
-                         "the group has no 90-degree rotation (use p4, p8, p4m or another group containing it)")
+        raise ValueError(
+            f"the latents of a GE-ViT over {net.group.name} cannot be compared under 90° rotations: "
+            "the group has no 90-degree rotation (use p4, p8, p4m or another group containing it)"
+        )
     _, extras = net.forward_features(quarter_turns(image), return_intermediates=True)
     features = extras["features"]
     errors = torch.stack([latent_equivariance_errors(f, net.group) for f in features])

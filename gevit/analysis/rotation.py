@@ -1,4 +1,5 @@
 """Rotation sweeps: a classifier's class probabilities for an image turned through a list of angles."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -23,13 +24,18 @@ def rotated_copies(image: torch.Tensor, angles: Sequence[float]) -> torch.Tensor
 
 
 @torch.no_grad()
-def predict_probabilities(classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                          batch_size: int = 64) -> torch.Tensor:
+def predict_probabilities(
+    classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
     """Images (N, C, H, W) -> class probabilities (N, K) of ``classifier`` (images -> logits), in batches."""
     return torch.cat([classifier(chunk).softmax(-1) for chunk in images.split(batch_size)])
 
 
-def rotation_sweep(classifier: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-                   angles: Sequence[float], batch_size: int = 64) -> torch.Tensor:
+def rotation_sweep(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    angles: Sequence[float],
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Class probabilities (A, K) of ``classifier`` on ``image`` (1, C, H, W) rotated by each angle."""
     return predict_probabilities(classifier, rotated_copies(image, angles), batch_size)

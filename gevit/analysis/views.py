@@ -3,6 +3,7 @@
 Aggregators with per-view weights (λ-equitune, EquiAttention: ``weighted_views`` on the class) expose
 ``weights(embeddings (B, |G|, D)) -> (B, |G|)``, positive and summing to one over the views.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -36,9 +37,15 @@ def random_quarter_turns(images: torch.Tensor, seed: int) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def view_weight_statistics(net: PostHocInvariant, images: torch.Tensor, labels: torch.Tensor,
-                           pre_rotate: bool = True, seed: int = 0, batch_size: int = 64,
-                           preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+def view_weight_statistics(
+    net: PostHocInvariant,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pre_rotate: bool = True,
+    seed: int = 0,
+    batch_size: int = 64,
+    preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict:
     """The view weights of images (N, C, H, W) (``preprocess`` turns them into ``net``'s input, e.g. the
     LightningModule's normalisation), summarised as plain numbers.
 
@@ -50,8 +57,10 @@ def view_weight_statistics(net: PostHocInvariant, images: torch.Tensor, labels: 
     """
     group = net.group
     if pre_rotate and not group.contains_quarter_turn:
-        raise ValueError(f"the views of {group.name} cannot be compared under random 90° pre-rotations: the group "
-                         "has no 90-degree rotation; run without pre-rotation")
+        raise ValueError(
+            f"the views of {group.name} cannot be compared under random 90° pre-rotations: the group "
+            "has no 90-degree rotation; run without pre-rotation"
+        )
     preprocess = preprocess or (lambda x: x)
     if pre_rotate:
         turned, turns = random_quarter_turns(images, seed)
@@ -71,10 +80,15 @@ def view_weight_statistics(net: PostHocInvariant, images: torch.Tensor, labels: 
     upright_view = torch.tensor([group.inverse(u) for u in pre_elements])
     winners = weights.argmax(1)
     rows = torch.arange(len(images))
-    relative_weights = torch.zeros_like(weights).scatter_(1, relative, weights)  # column r: element r relative to upright
+    relative_weights = torch.zeros_like(weights).scatter_(
+        1, relative, weights
+    )  # column r: element r relative to upright
     return {
-        "aggregator": net.aggregator.name, "group": group.name,
-        "num_images": len(images), "pre_rotate": pre_rotate, "seed": seed,
+        "aggregator": net.aggregator.name,
+        "group": group.name,
+        "num_images": len(images),
+        "pre_rotate": pre_rotate,
+        "seed": seed,
         "view_elements": [element_name(group, j) for j in range(order)],
         "uniform_weight": 1.0 / order,
         "win_fraction": [float((winners == j).double().mean()) for j in range(order)],
@@ -86,7 +100,14 @@ def view_weight_statistics(net: PostHocInvariant, images: torch.Tensor, labels: 
         # 1/|G| when the weights are uniform (then "winning" is a tie broken by group order)
         "mean_winning_weight": float(weights.max(1).values.mean()),
         "accuracy": float((predicted == labels).double().mean()),
-        "per_image": [{"label": int(labels[i]), "predicted": int(predicted[i]),
-                       "pre_rotation_deg": 90 * int(turns[i]), "upright_view": int(upright_view[i]),
-                       "weights": weights[i].tolist()} for i in range(len(images))],
+        "per_image": [
+            {
+                "label": int(labels[i]),
+                "predicted": int(predicted[i]),
+                "pre_rotation_deg": 90 * int(turns[i]),
+                "upright_view": int(upright_view[i]),
+                "weights": weights[i].tolist(),
+            }
+            for i in range(len(images))
+        ],
     }

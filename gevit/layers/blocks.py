@@ -4,6 +4,7 @@ Every block here commutes with the group action (permutations of the group axis 
 rotations / flips of space): normalisations pool over whole maps or per channel, 1x1 maps act per
 position, crops are symmetric.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -53,7 +54,7 @@ class Crop(nn.Module):
         if self.size == 0:
             return x
         s = self.size
-        return x[..., s:x.shape[-2] - s, s:x.shape[-1] - s]
+        return x[..., s : x.shape[-2] - s, s : x.shape[-1] - s]
 
 
 class GroupTransformerBlock(nn.Module):
@@ -67,12 +68,33 @@ class GroupTransformerBlock(nn.Module):
     ``attention_window``: the odd side k of the k x k neighbourhood each query attends to (None: global).
     """
 
-    def __init__(self, group, in_channels: int, out_channels: int, num_heads: int, attention_window: Optional[int],
-                 image_size: int, crop: int = 0, norm: str = "layer", activation: str = "swish",
-                 attention_dropout: float = 0.0, value_dropout: float = 0.0, encoding: str = "gevit"):
+    def __init__(
+        self,
+        group,
+        in_channels: int,
+        out_channels: int,
+        num_heads: int,
+        attention_window: Optional[int],
+        image_size: int,
+        crop: int = 0,
+        norm: str = "layer",
+        activation: str = "swish",
+        attention_dropout: float = 0.0,
+        value_dropout: float = 0.0,
+        encoding: str = "gevit",
+    ):
         super().__init__()
-        self.attention = GroupSelfAttention(group, in_channels, out_channels // 2, out_channels, num_heads,
-                                            attention_window, image_size, attention_dropout, encoding)
+        self.attention = GroupSelfAttention(
+            group,
+            in_channels,
+            out_channels // 2,
+            out_channels,
+            num_heads,
+            attention_window,
+            image_size,
+            attention_dropout,
+            encoding,
+        )
         self.pre_norm = make_norm(norm, in_channels)
         self.pre_act = make_activation(activation)
         self.post_norm = make_norm(norm, out_channels)

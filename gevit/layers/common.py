@@ -1,4 +1,5 @@
 """Small layers and helpers shared by several networks (one home each)."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union

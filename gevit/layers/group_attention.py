@@ -41,6 +41,7 @@ layer's ``backend`` attribute. ``return_attention=True`` always runs the eager p
 probabilities). Inside the kernels attention dropout acts on the summed probabilities too, drawn from
 a counter-based generator seeded from torch's RNG, so ``torch.manual_seed`` makes runs reproducible.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,7 +100,9 @@ def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
             return "triton"
         if name == "triton":
             raise RuntimeError(f"the Triton attention kernel is not available: {triton_attention.unavailable_reason()}")
-        _announce("eager", f": no Triton kernel for {x.device.type} ({triton_attention.unavailable_reason()})", warn=True)
+        _announce(
+            "eager", f": no Triton kernel for {x.device.type} ({triton_attention.unavailable_reason()})", warn=True
+        )
         return "eager"
     if x.device.type != "cpu":
         return "eager"
@@ -194,9 +197,19 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
 class _GroupAttentionBase(nn.Module):
     """Shared parameters and bookkeeping of the lifting and group layers."""
 
-    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
-                 patch_size: Optional[int], image_size: int, attention_dropout: float, encoding: str,
-                 pos_channels: int):
+    def __init__(
+        self,
+        group,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        num_heads: int,
+        patch_size: Optional[int],
+        image_size: int,
+        attention_dropout: float,
+        encoding: str,
+        pos_channels: int,
+    ):
         super().__init__()
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -210,8 +223,9 @@ class _GroupAttentionBase(nn.Module):
         self.pos_channels = pos_channels
         self.row_embedding = PositionMLP(pos_channels)
         self.col_embedding = PositionMLP(pos_channels)
-        self.register_buffer("acted_offsets", acted_offsets(self.group, self.patch_size, encoding).float(),
-                             persistent=False)
+        self.register_buffer(
+            "acted_offsets", acted_offsets(self.group, self.patch_size, encoding).float(), persistent=False
+        )
         self.wout = nn.Linear(mid_channels * num_heads, out_channels)
         self._mask_cache: dict = {}
         self._table_cache: dict = {}
@@ -252,27 +266,26 @@ class _GroupAttentionBase(nn.Module):
         k//2 and split as (B, mid, heads, groups, H + 2r, W + 2r)."""
         b, _, height, width = t.shape
         r = self.patch_size // 2
-        return F.pad(t, (r, r, r, r)).view(b, self.mid_channels, self.num_heads, groups, height + 2 * r,
-                                           width + 2 * r)
+        return F.pad(t, (r, r, r, r)).view(b, self.mid_channels, self.num_heads, groups, height + 2 * r, width + 2 * r)
 
     def _windows(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
         """k x k windows of the query rows ``rows`` as a strided view (B, mid, heads, groups, R, W, k, k)
         (``F.unfold``'s im2col is slow for many channels; slicing the padded rows first keeps the
         backward pass proportional to the chunk)."""
         k = self.patch_size
-        return padded[:, :, :, :, rows.start:rows.stop + k - 1].unfold(4, k, 1).unfold(5, k, 1)
+        return padded[:, :, :, :, rows.start : rows.stop + k - 1].unfold(4, k, 1).unfold(5, k, 1)
 
     def keys_of(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
         """Keys of the queries in image rows ``rows``: (B, heads, R*W, mid, groups*k*k)."""
         b, mid, heads, groups = padded.shape[:4]
         windows = self._windows(padded, rows).permute(0, 2, 4, 5, 1, 3, 6, 7)
-        return windows.reshape(b, heads, -1, mid, groups * self.patch_size ** 2)
+        return windows.reshape(b, heads, -1, mid, groups * self.patch_size**2)
 
     def values_of(self, padded: torch.Tensor, rows: slice) -> torch.Tensor:
         """Values of the queries in image rows ``rows``: (B, heads, R*W, groups*k*k, mid)."""
         b, mid, heads, groups = padded.shape[:4]
         windows = self._windows(padded, rows).permute(0, 2, 4, 5, 3, 6, 7, 1)
-        return windows.reshape(b, heads, -1, groups * self.patch_size ** 2, mid)
+        return windows.reshape(b, heads, -1, groups * self.patch_size**2, mid)
 
     def row_chunks(self, height: int, width: int, per_position: int) -> list[slice]:
         """Split the query rows so that each chunk's logits hold at most about ``chunk_elements`` numbers."""
@@ -299,8 +312,9 @@ class _GroupAttentionBase(nn.Module):
         rows, cols = self.spatial_tables()
         return torch.cat([rows, cols], dim=-1)
 
-    def fused_attention(self, backend: str, qkv: torch.Tensor, emb: torch.Tensor,
-                        idx: torch.Tensor) -> Optional[torch.Tensor]:
+    def fused_attention(
+        self, backend: str, qkv: torch.Tensor, emb: torch.Tensor, idx: torch.Tensor
+    ) -> Optional[torch.Tensor]:
         """Attention through a fused kernel: qkv (B, 3, heads, mid, G_in, H, W) (q already scaled), emb
         the group embedding (N, mid - P2) (N = 0: no group term), idx (V, G, M) -> (B, C_out, V, H, W)
         after ``wout``; ``None`` when the factorised normaliser underflows (the caller then runs eager)."""
@@ -310,11 +324,12 @@ class _GroupAttentionBase(nn.Module):
         ptab = self.positional_table().to(qkv.dtype)
         p_drop = self.attention_dropout if self.training else 0.0
         # two 31-bit seeds from torch's generator: manual_seed makes the in-kernel dropout reproducible
-        seeds = tuple(int(s) for s in torch.randint(0, 2 ** 31 - 1, (2,))) if p_drop > 0 else (0, 0)
+        seeds = tuple(int(s) for s in torch.randint(0, 2**31 - 1, (2,))) if p_drop > 0 else (0, 0)
         try:
             if backend == "cpu":
-                out = cpu.FusedAttention.apply(qkv, ptab, emb.to(qkv.dtype).contiguous(), idx, self.patch_size,
-                                               p_drop, seeds)
+                out = cpu.FusedAttention.apply(
+                    qkv, ptab, emb.to(qkv.dtype).contiguous(), idx, self.patch_size, p_drop, seeds
+                )
             else:
                 from gevit.layers.kernels import triton_attention
 
@@ -346,11 +361,20 @@ class _GroupAttentionBase(nn.Module):
         b, c = x.shape[:2]
         height, width = x.shape[-2:]
         scale = 1.0 / math.sqrt(c)
-        weight = torch.cat([self._heads_first_rows(self.query.weight) * scale, self._heads_first_rows(self.key.weight),
-                            self._heads_first_rows(self.value.weight)])
-        bias = torch.cat([self._heads_first_rows(self.query.bias.view(-1, 1)).view(-1) * scale,
-                          self._heads_first_rows(self.key.bias.view(-1, 1)).view(-1),
-                          self._heads_first_rows(self.value.bias.view(-1, 1)).view(-1)])
+        weight = torch.cat(
+            [
+                self._heads_first_rows(self.query.weight) * scale,
+                self._heads_first_rows(self.key.weight),
+                self._heads_first_rows(self.value.weight),
+            ]
+        )
+        bias = torch.cat(
+            [
+                self._heads_first_rows(self.query.bias.view(-1, 1)).view(-1) * scale,
+                self._heads_first_rows(self.key.bias.view(-1, 1)).view(-1),
+                self._heads_first_rows(self.value.bias.view(-1, 1)).view(-1),
+            ]
+        )
         qkv = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), x.reshape(b, c, -1))
         return qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width)
 
@@ -371,13 +395,32 @@ class LiftingSelfAttention(_GroupAttentionBase):
     ``q`` is split into a row half and a column half for the positional term (mid_channels must be even).
     """
 
-    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
-                 patch_size: Optional[int], image_size: int, attention_dropout: float = 0.0,
-                 encoding: str = "gevit"):
+    def __init__(
+        self,
+        group,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        num_heads: int,
+        patch_size: Optional[int],
+        image_size: int,
+        attention_dropout: float = 0.0,
+        encoding: str = "gevit",
+    ):
         if mid_channels % 2:
             raise ValueError(f"the lifting layer needs an even mid_channels, got {mid_channels}")
-        super().__init__(group, in_channels, mid_channels, out_channels, num_heads, patch_size, image_size,
-                         attention_dropout, encoding, pos_channels=mid_channels // 2)
+        super().__init__(
+            group,
+            in_channels,
+            mid_channels,
+            out_channels,
+            num_heads,
+            patch_size,
+            image_size,
+            attention_dropout,
+            encoding,
+            pos_channels=mid_channels // 2,
+        )
         self.query = nn.Linear(in_channels, mid_channels * num_heads)
         self.key = nn.Linear(in_channels, mid_channels * num_heads)
         self.value = nn.Linear(in_channels, mid_channels * num_heads)
@@ -412,7 +455,7 @@ class LiftingSelfAttention(_GroupAttentionBase):
         p = self.pos_channels
         row_table, col_table = rows.reshape(-1, p).T, cols.reshape(-1, p).T
         outputs, all_probs = [], []
-        for chunk in self.row_chunks(height, width, b * heads * n * self.patch_size ** 2):
+        for chunk in self.row_chunks(height, width, b * heads * n * self.patch_size**2):
             positions = slice(chunk.start * width, chunk.stop * width)
             qc = q[:, :, positions]
             content = (qc.unsqueeze(-2) @ self.keys_of(k_windows, chunk)).squeeze(-2) + mask[positions]
@@ -435,11 +478,30 @@ class GroupSelfAttention(_GroupAttentionBase):
     terms. Equivariant for ``encoding="gevit"`` (see the module docstring); ``gsanet`` is not exactly.
     """
 
-    def __init__(self, group, in_channels: int, mid_channels: int, out_channels: int, num_heads: int,
-                 patch_size: Optional[int], image_size: int, attention_dropout: float = 0.0,
-                 encoding: str = "gevit"):
-        super().__init__(group, in_channels, mid_channels, out_channels, num_heads, patch_size, image_size,
-                         attention_dropout, encoding, pos_channels=mid_channels // 3)
+    def __init__(
+        self,
+        group,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        num_heads: int,
+        patch_size: Optional[int],
+        image_size: int,
+        attention_dropout: float = 0.0,
+        encoding: str = "gevit",
+    ):
+        super().__init__(
+            group,
+            in_channels,
+            mid_channels,
+            out_channels,
+            num_heads,
+            patch_size,
+            image_size,
+            attention_dropout,
+            encoding,
+            pos_channels=mid_channels // 3,
+        )
         self.group_channels = mid_channels - 2 * self.pos_channels
         self.group_embedding = nn.Embedding(self.group.order, self.group_channels)
         self.query = nn.Linear(in_channels, mid_channels * num_heads)
@@ -447,13 +509,15 @@ class GroupSelfAttention(_GroupAttentionBase):
         self.value = nn.Linear(in_channels, mid_channels * num_heads)
         idx = group_embedding_indices(self.group, encoding)
         self.register_buffer("group_indices", idx, persistent=False)
-        self.register_buffer("query_element", torch.arange(self.group.order).view(1, -1, 1).expand_as(idx).clone(),
-                             persistent=False)
+        self.register_buffer(
+            "query_element", torch.arange(self.group.order).view(1, -1, 1).expand_as(idx).clone(), persistent=False
+        )
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         if x.ndim != 5 or x.shape[2] != self.group.order:
-            raise ValueError(f"expected (B, C, {self.group.order}, H, W) inputs ({self.group.name}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected (B, C, {self.group.order}, H, W) inputs ({self.group.name}), got {tuple(x.shape)}"
+            )
         if not return_attention:
             backend = select_backend(x, self.backend)
             if backend != "eager":
@@ -473,7 +537,7 @@ class GroupSelfAttention(_GroupAttentionBase):
         if n != self.group.order:
             raise ValueError(f"expected a group axis of size {self.group.order} ({self.group.name}), got {n}")
         hw, heads, mid = height * width, self.num_heads, self.mid_channels
-        k2 = self.patch_size ** 2
+        k2 = self.patch_size**2
         q = self.project(self.query.weight, self.query.bias, x).reshape(b, mid, heads, n, hw).permute(0, 2, 4, 3, 1)
         q = q / math.sqrt(c)  # every logit term is linear in q
         k_windows = self.padded(self.project(self.key.weight, self.key.bias, x).reshape(b, -1, height, width), n)
@@ -490,9 +554,9 @@ class GroupSelfAttention(_GroupAttentionBase):
             count = qc.shape[2]
             content = (qc @ self.keys_of(k_windows, chunk)).view(b, heads, count, 1, n, n, k2)
             content = content + mask[positions].unsqueeze(0).unsqueeze(0)  # (B, h, P, 1, G, M, k2)
-            spatial = qc[..., :p] @ row_table + qc[..., p:2 * p] @ col_table  # (B, h, P, G, V*k2)
+            spatial = qc[..., :p] @ row_table + qc[..., p : 2 * p] @ col_table  # (B, h, P, G, V*k2)
             spatial = spatial.view(b, heads, count, n, n, 1, k2).transpose(3, 4)  # (B, h, P, V, G, 1, k2)
-            group_scores = qc[..., 2 * p:] @ group_table  # (B, h, P, G, N)
+            group_scores = qc[..., 2 * p :] @ group_table  # (B, h, P, G, N)
             group_term = group_scores[:, :, :, self.query_element, self.group_indices]  # (B, h, P, V, G, M)
             logits = content + spatial  # (B, h, P, V, G, M, k2)
             logits += group_term.unsqueeze(-1)  # in place: the full-size tensor is allocated once

@@ -1,10 +1,24 @@
 """Networks of gevit (one module per family). Importing this package registers every model with
 :mod:`gevit.registry` (``gevit.create_model(name)``)."""
+
 from gevit.models.eqcvt import CvT, EqCvT, SymmetricConv2d
 from gevit.models.group_transformer import GroupTransformer, convert_official_state_dict, load_official_weights
 from gevit.models.hybrid import HybridViT, SymmetricPatchEmbed
 from gevit.models.vit import Attention, Block, Mlp, PatchEmbed, VisionTransformer, convert_peer_vit_state_dict
 
-__all__ = ["Attention", "Block", "CvT", "EqCvT", "GroupTransformer", "HybridViT", "Mlp", "PatchEmbed",
-           "SymmetricConv2d", "SymmetricPatchEmbed", "VisionTransformer", "convert_official_state_dict",
-           "convert_peer_vit_state_dict", "load_official_weights"]
+__all__ = [
+    "Attention",
+    "Block",
+    "CvT",
+    "EqCvT",
+    "GroupTransformer",
+    "HybridViT",
+    "Mlp",
+    "PatchEmbed",
+    "SymmetricConv2d",
+    "SymmetricPatchEmbed",
+    "VisionTransformer",
+    "convert_official_state_dict",
+    "convert_peer_vit_state_dict",
+    "load_official_weights",
+]

@@ -30,6 +30,7 @@ The default, ``invariant=True``, makes the whole network exactly invariant to th
 It has 62,122 parameters for 1-channel 129x129 input and 2 classes (-4.1 % of the published count: the
 tied kernels have 3 instead of 9 values).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,12 +65,22 @@ class SymmetricConv2d(nn.Module):
     kernels, ``groups`` supported); initialised like ``nn.Conv2d`` (uniform, bound ``1/sqrt(fan_in)``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 groups: int = 1, bias: bool = True, group: str = "p4"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = True,
+        group: str = "p4",
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible by "
-                             f"groups {groups}")
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}"
+            )
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.symmetry = square_group(group)
         self.stride, self.padding, self.groups, self.group = stride, padding, groups, self.symmetry.name
@@ -77,7 +88,7 @@ class SymmetricConv2d(nn.Module):
         self.register_buffer("orbit_index", orbits, persistent=False)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, int(orbits.max()) + 1))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        bound = 1.0 / math.sqrt(in_channels // groups * kernel_size ** 2)
+        bound = 1.0 / math.sqrt(in_channels // groups * kernel_size**2)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
@@ -90,12 +101,22 @@ class SymmetricConv2d(nn.Module):
         return F.conv2d(x, self.kernel(), self.bias, self.stride, self.padding, groups=self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}, group={self.group}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}, group={self.group}"
+        )
 
 
-def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int = 1,
-              bias: bool = True, symmetry: Optional[str] = None) -> nn.Module:
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    groups: int = 1,
+    bias: bool = True,
+    symmetry: Optional[str] = None,
+) -> nn.Module:
     """``nn.Conv2d``, or :class:`SymmetricConv2d` with group ``symmetry`` (p4 / p4m) when it is given."""
     if symmetry is None:
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
@@ -130,8 +151,9 @@ class ConvProjection(nn.Module):
     (B, dim, H, W) -> (B, out_dim, H', W') with H' the conv's output side for ``stride``/``padding``.
     """
 
-    def __init__(self, dim: int, out_dim: int, kernel_size: int, stride: int, padding: int,
-                 symmetry: Optional[str] = None):
+    def __init__(
+        self, dim: int, out_dim: int, kernel_size: int, stride: int, padding: int, symmetry: Optional[str] = None
+    ):
         super().__init__()
         self.depthwise = make_conv(dim, dim, kernel_size, stride, padding, groups=dim, bias=False, symmetry=symmetry)
         self.norm = nn.BatchNorm2d(dim)
@@ -150,8 +172,17 @@ class ConvAttention(nn.Module):
     attention weights, which also keeps ``F.scaled_dot_product_attention`` on its fused kernels in training).
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, proj_kernel: int, kv_stride: int, kv_padding: int,
-                 dropout: float = 0.0, symmetry: Optional[str] = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        proj_kernel: int,
+        kv_stride: int,
+        kv_padding: int,
+        dropout: float = 0.0,
+        symmetry: Optional[str] = None,
+    ):
         super().__init__()
         inner = num_heads * head_dim
         self.num_heads, self.head_dim = num_heads, head_dim
@@ -178,14 +209,29 @@ class ConvTransformerBlock(nn.Module):
     The MLP is 1x1 conv dim -> ``mlp_hidden_dim`` -> GELU -> dropout -> 1x1 conv -> dropout.
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden_dim: int, proj_kernel: int,
-                 kv_stride: int, kv_padding: int, dropout: float = 0.0, symmetry: Optional[str] = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        mlp_hidden_dim: int,
+        proj_kernel: int,
+        kv_stride: int,
+        kv_padding: int,
+        dropout: float = 0.0,
+        symmetry: Optional[str] = None,
+    ):
         super().__init__()
         self.norm1 = ChannelLayerNorm(dim)
         self.attn = ConvAttention(dim, num_heads, head_dim, proj_kernel, kv_stride, kv_padding, dropout, symmetry)
         self.norm2 = ChannelLayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Conv2d(dim, mlp_hidden_dim, 1), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Conv2d(mlp_hidden_dim, dim, 1), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim, mlp_hidden_dim, 1),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(mlp_hidden_dim, dim, 1),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -209,10 +255,25 @@ class CvT(nn.Module):
     sides of the token map and of the key/value map for ``image_size`` inputs.
     """
 
-    def __init__(self, image_size: int = 129, in_channels: int = 1, num_classes: int = 2, invariant: bool = False,
-                 group: str = "p4", embed_dim: int = 32, embed_kernel: int = 3, embed_stride: int = 2,
-                 depth: int = 2, num_heads: int = 3, head_dim: int = 64, mlp_hidden_dim: int = 64,
-                 proj_kernel: int = 3, kv_stride: int = 2, dropout: float = 0.1, head_hidden_dim: int = 64):
+    def __init__(
+        self,
+        image_size: int = 129,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        invariant: bool = False,
+        group: str = "p4",
+        embed_dim: int = 32,
+        embed_kernel: int = 3,
+        embed_stride: int = 2,
+        depth: int = 2,
+        num_heads: int = 3,
+        head_dim: int = 64,
+        mlp_hidden_dim: int = 64,
+        proj_kernel: int = 3,
+        kv_stride: int = 2,
+        dropout: float = 0.1,
+        head_hidden_dim: int = 64,
+    ):
         super().__init__()
         group = square_group(group).name
         if embed_kernel % 2 == 0 or proj_kernel % 2 == 0:
@@ -227,8 +288,9 @@ class CvT(nn.Module):
         else:
             self.parity_pool = nn.Identity()
         if invariant:
-            embed_padding, kv_padding = self._symmetric_geometry(size, embed_kernel, embed_stride, proj_kernel,
-                                                                 kv_stride)
+            embed_padding, kv_padding = self._symmetric_geometry(
+                size, embed_kernel, embed_stride, proj_kernel, kv_stride
+            )
         else:
             embed_padding, kv_padding = embed_kernel // 2, proj_kernel // 2
         self.token_size = conv_output_size(size, embed_kernel, embed_stride, embed_padding)
@@ -237,31 +299,55 @@ class CvT(nn.Module):
             raise ValueError(f"image_size {image_size} is too small for this CvT stage")
         self.embed = make_conv(in_channels, embed_dim, embed_kernel, embed_stride, embed_padding, symmetry=symmetry)
         self.embed_norm = ChannelLayerNorm(embed_dim)
-        self.blocks = nn.Sequential(*[
-            ConvTransformerBlock(embed_dim, num_heads, head_dim, mlp_hidden_dim, proj_kernel, kv_stride, kv_padding,
-                                 dropout, symmetry) for _ in range(depth)])
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(embed_dim, head_hidden_dim),
-                                  nn.BatchNorm1d(head_hidden_dim), nn.ELU(), nn.Linear(head_hidden_dim, num_classes))
+        self.blocks = nn.Sequential(
+            *[
+                ConvTransformerBlock(
+                    embed_dim,
+                    num_heads,
+                    head_dim,
+                    mlp_hidden_dim,
+                    proj_kernel,
+                    kv_stride,
+                    kv_padding,
+                    dropout,
+                    symmetry,
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(embed_dim, head_hidden_dim),
+            nn.BatchNorm1d(head_hidden_dim),
+            nn.ELU(),
+            nn.Linear(head_hidden_dim, num_classes),
+        )
 
     @staticmethod
-    def _symmetric_geometry(size: int, embed_kernel: int, embed_stride: int, proj_kernel: int,
-                            kv_stride: int) -> tuple[int, int]:
+    def _symmetric_geometry(
+        size: int, embed_kernel: int, embed_stride: int, proj_kernel: int, kv_stride: int
+    ) -> tuple[int, int]:
         """(embedding padding, key/value padding) whose sampling grids are both mirror-symmetric."""
         for embed_padding in symmetric_paddings(size, embed_kernel, embed_stride):
             tokens = conv_output_size(size, embed_kernel, embed_stride, embed_padding)
             kv_paddings = symmetric_paddings(tokens, proj_kernel, kv_stride)
             if kv_paddings:
                 return embed_padding, kv_paddings[0]
-        raise ValueError(f"no padding gives rotation-symmetric sampling grids for a {size}x{size} map with "
-                         f"embed_stride={embed_stride} and kv_stride={kv_stride}; use invariant=false or "
-                         f"strides 1/2")
+        raise ValueError(
+            f"no padding gives rotation-symmetric sampling grids for a {size}x{size} map with "
+            f"embed_stride={embed_stride} and kv_stride={kv_stride}; use invariant=false or "
+            f"strides 1/2"
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, image_size, image_size) -> token map (B, embed_dim, token_size, token_size)."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{type(self).__name__} expects inputs of shape (B, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (B, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}), got {tuple(x.shape)}"
+            )
         return self.blocks(self.embed_norm(self.embed(self.parity_pool(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,12 +381,32 @@ class EqCvT(nn.Module):
     invariance is only approximate. See the module docstring for what the two differ in.
     """
 
-    def __init__(self, image_size: int = 129, in_channels: int = 1, num_classes: int = 2, invariant: bool = True,
-                 group: str = "p4", input_fields: Optional[int] = None, regular_fields: int = 10,
-                 conv_kernel: int = 7, conv_padding: int = 1, mask: bool = True, mask_margin: float = 1.0,
-                 pool_sigma: float = 0.66, embed_dim: int = 32, embed_kernel: int = 3, embed_stride: int = 2,
-                 depth: int = 2, num_heads: int = 3, head_dim: int = 64, mlp_hidden_dim: int = 64,
-                 proj_kernel: int = 3, kv_stride: int = 2, dropout: float = 0.1, head_hidden_dim: int = 64):
+    def __init__(
+        self,
+        image_size: int = 129,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        invariant: bool = True,
+        group: str = "p4",
+        input_fields: Optional[int] = None,
+        regular_fields: int = 10,
+        conv_kernel: int = 7,
+        conv_padding: int = 1,
+        mask: bool = True,
+        mask_margin: float = 1.0,
+        pool_sigma: float = 0.66,
+        embed_dim: int = 32,
+        embed_kernel: int = 3,
+        embed_stride: int = 2,
+        depth: int = 2,
+        num_heads: int = 3,
+        head_dim: int = 64,
+        mlp_hidden_dim: int = 64,
+        proj_kernel: int = 3,
+        kv_stride: int = 2,
+        dropout: float = 0.1,
+        head_hidden_dim: int = 64,
+    ):
         super().__init__()
         from escnn import nn as enn
         from escnn.nn.modules.masking_module import build_mask
@@ -311,8 +417,10 @@ class EqCvT(nn.Module):
         group = symmetry.name
         input_fields = in_channels if input_fields is None else input_fields
         if input_fields != in_channels and in_channels != 1:
-            raise ValueError(f"input_fields={input_fields} differs from in_channels={in_channels}; only a "
-                             f"1-channel image can be repeated into several trivial fields")
+            raise ValueError(
+                f"input_fields={input_fields} differs from in_channels={in_channels}; only a "
+                f"1-channel image can be repeated into several trivial fields"
+            )
         self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
         self.input_fields, self.invariant, self.group = input_fields, invariant, group
         if mask:
@@ -323,26 +431,42 @@ class EqCvT(nn.Module):
         gspace = symmetry.gspace()
         in_type = enn.FieldType(gspace, input_fields * [gspace.trivial_repr])
         hidden = enn.FieldType(gspace, regular_fields * [gspace.regular_repr])
-        self.equivariant = GeometricWrapper(enn.SequentialModule(
-            enn.R2Conv(in_type, hidden, kernel_size=conv_kernel, padding=conv_padding, bias=False),
-            enn.InnerBatchNorm(hidden),
-            enn.ReLU(hidden, inplace=True),
-            enn.PointwiseAvgPoolAntialiased2D(hidden, sigma=pool_sigma, stride=1, padding=0),
-            enn.GroupPooling(hidden),
-        ))
+        self.equivariant = GeometricWrapper(
+            enn.SequentialModule(
+                enn.R2Conv(in_type, hidden, kernel_size=conv_kernel, padding=conv_padding, bias=False),
+                enn.InnerBatchNorm(hidden),
+                enn.ReLU(hidden, inplace=True),
+                enn.PointwiseAvgPoolAntialiased2D(hidden, sigma=pool_sigma, stride=1, padding=0),
+                enn.GroupPooling(hidden),
+            )
+        )
         self.field_size = self.equivariant.output_size(image_size)
-        self.cvt = CvT(image_size=self.field_size, in_channels=regular_fields, num_classes=num_classes,
-                       invariant=invariant, group=group, embed_dim=embed_dim, embed_kernel=embed_kernel,
-                       embed_stride=embed_stride, depth=depth, num_heads=num_heads, head_dim=head_dim,
-                       mlp_hidden_dim=mlp_hidden_dim, proj_kernel=proj_kernel, kv_stride=kv_stride,
-                       dropout=dropout, head_hidden_dim=head_hidden_dim)
+        self.cvt = CvT(
+            image_size=self.field_size,
+            in_channels=regular_fields,
+            num_classes=num_classes,
+            invariant=invariant,
+            group=group,
+            embed_dim=embed_dim,
+            embed_kernel=embed_kernel,
+            embed_stride=embed_stride,
+            depth=depth,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            mlp_hidden_dim=mlp_hidden_dim,
+            proj_kernel=proj_kernel,
+            kv_stride=kv_stride,
+            dropout=dropout,
+            head_hidden_dim=head_hidden_dim,
+        )
 
     def invariant_fields(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, S, S) -> group-pooled fields (B, regular_fields, field_size, field_size)."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"EqCvT expects images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"EqCvT expects images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
+            )
         if self.mask is not None:
             x = x * self.mask
         if self.input_fields != self.in_channels:

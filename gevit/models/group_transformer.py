@@ -17,6 +17,7 @@ Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attentio
 configuration: 44,428 parameters for p4 with 5x5 neighbourhoods). The official code calls the attention
 window ``patch_size``; here ``patch_size`` is only the ViT's patch embedding.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,10 @@ class GroupTransformer(nn.Module):
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
-            raise ValueError(f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
-                             f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}")
+            raise ValueError(
+                f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
+                f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}"
+            )
         if attention_window in (None, 0, "global"):
             attention_window = None
         elif not isinstance(attention_window, int) or attention_window < 3 or attention_window % 2 == 0:
@@ -104,8 +107,17 @@ class GroupTransformer(nn.Module):
         expansions = [max(1, e) for e in per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]
 
         self.input_dropout = nn.Dropout(input_dropout)
-        self.lifting = LiftingSelfAttention(self.group, in_channels, num_channels // 2, num_channels, num_heads,
-                                            attention_window, image_size, attention_dropout, encoding)
+        self.lifting = LiftingSelfAttention(
+            self.group,
+            in_channels,
+            num_channels // 2,
+            num_channels,
+            num_heads,
+            attention_window,
+            image_size,
+            attention_dropout,
+            encoding,
+        )
         self.lifting_norm = make_norm(norm, num_channels)
         self.lifting_act = make_activation(activation)
 
@@ -116,9 +128,22 @@ class GroupTransformer(nn.Module):
             for _ in range(block_size):
                 if size - 2 * crops[layer] < 1:
                     raise ValueError(f"crop_per_layer={crops} leaves no pixels of a {image_size}x{image_size} input")
-                layers.append(GroupTransformerBlock(
-                    self.group, channels, out_channels, num_heads, attention_window, size, crops[layer], norm,
-                    activation, attention_dropout, value_dropout, encoding))
+                layers.append(
+                    GroupTransformerBlock(
+                        self.group,
+                        channels,
+                        out_channels,
+                        num_heads,
+                        attention_window,
+                        size,
+                        crops[layer],
+                        norm,
+                        activation,
+                        attention_dropout,
+                        value_dropout,
+                        encoding,
+                    )
+                )
                 if normalize_between_layers:
                     layers += [make_norm(norm, out_channels), make_activation(activation)]
                 size -= 2 * crops[layer]
@@ -128,9 +153,14 @@ class GroupTransformer(nn.Module):
                 if size % 2:
                     # pooling drops the last row and column of an odd map: exact rotation invariance is lost
                     self.exactly_invariant = False
-                    log.warning("max-pooling a %dx%d map after block %d drops its last row/column, so the "
-                                "network is not exactly rotation invariant; choose crop_per_layer so that "
-                                "every pooled map has an even size", size, size, block)
+                    log.warning(
+                        "max-pooling a %dx%d map after block %d drops its last row/column, so the "
+                        "network is not exactly rotation invariant; choose crop_per_layer so that "
+                        "every pooled map has an even size",
+                        size,
+                        size,
+                        block,
+                    )
                 layers.append(nn.MaxPool3d(kernel_size=(1, 2, 2), stride=(1, 2, 2)))
                 if dropout_after_maxpool > 0:
                     layers.append(nn.Dropout(dropout_after_maxpool))
@@ -141,8 +171,9 @@ class GroupTransformer(nn.Module):
         self.num_features = channels
         self._initialise(whitening_scale, zero_init_head, position_bias_init)
 
-    def _initialise(self, whitening_scale: float, zero_init_head: bool = False,
-                    position_bias_init: str = "zero") -> None:
+    def _initialise(
+        self, whitening_scale: float, zero_init_head: bool = False, position_bias_init: str = "zero"
+    ) -> None:
         """Weights ~ N(0, whitening_scale / sqrt(fan_in)), biases 0 (the original initialisation);
         then the two optional from-scratch fixes (see the class docstring)."""
         if position_bias_init not in POSITION_BIAS_INITS:
@@ -185,8 +216,11 @@ class GroupTransformer(nn.Module):
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, K, |G|, h, w) class maps -> (B, K) logits, pooling space then the group."""
-        spatial = {"sum": lambda t: t.sum((-2, -1)), "mean": lambda t: t.mean((-2, -1)),
-                   "max": lambda t: t.amax((-2, -1))}[self.spatial_pooling](maps)
+        spatial = {
+            "sum": lambda t: t.sum((-2, -1)),
+            "mean": lambda t: t.mean((-2, -1)),
+            "max": lambda t: t.amax((-2, -1)),
+        }[self.spatial_pooling](maps)
         return spatial.amax(-1) if self.group_pooling == "max" else spatial.mean(-1)
 
     def forward(self, x: torch.Tensor, return_intermediates: bool = False):
@@ -214,8 +248,14 @@ def gsanet(**kwargs) -> GroupTransformer:
 
 
 # ---- weights trained with the official code ----------------------------------------------------------
-_BUFFERS = ("row_indices", "col_indices", "g_indices", "group._identity", "group._elements",
-            "group._relative_positions")
+_BUFFERS = (
+    "row_indices",
+    "col_indices",
+    "g_indices",
+    "group._identity",
+    "group._elements",
+    "group._relative_positions",
+)
 _RENAMES = (
     ("lifting_self_attention.", "lifting."),
     ("lifting_normalization.layer_norm.", "lifting_norm."),
@@ -266,8 +306,9 @@ def convert_official_state_dict(state_dict: dict, model: GroupTransformer) -> di
     if missing:
         problems.append(f"missing keys {missing}")
     if problems:
-        raise ValueError("the official checkpoint does not match this GroupTransformer configuration: "
-                         + "; ".join(problems))
+        raise ValueError(
+            "the official checkpoint does not match this GroupTransformer configuration: " + "; ".join(problems)
+        )
     return converted
 
 

@@ -43,6 +43,7 @@ square grid, which needs its sampling grid to map onto itself:
 Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.create_model("hybrid", group="p4")``
 (defaults: RotMNIST, escnn stem, GE-ViT with 5x5 neighbourhoods on 7x7; ``attention_window=None`` for global).
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -90,8 +91,15 @@ class SymmetricPatchEmbed(nn.Module):
         return f"{self.in_channels}, {self.dim}, patch_size={self.patch_size}, mirror={self.mirror}"
 
 
-def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Sequence[int],
-                     kernel_sizes: Union[int, Sequence[int]], downsample: str, pool_sigma: float):
+def build_escnn_stem(
+    group: str,
+    in_channels: int,
+    image_size: int,
+    channels: Sequence[int],
+    kernel_sizes: Union[int, Sequence[int]],
+    downsample: str,
+    pool_sigma: float,
+):
     """The escnn stem as a :class:`~gevit.escnn_utils.GeometricWrapper` and its output side.
 
     Each entry of ``channels`` is one stage with that many regular fields; the stem ends with
@@ -112,8 +120,11 @@ def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Se
         if kernel % 2 == 0:
             raise ValueError(f"stem kernels must be odd (a centred window), got {kernel}")
         hidden = enn.FieldType(gspace, fields * [gspace.regular_repr])
-        layers += [enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
-                   enn.InnerBatchNorm(hidden), enn.ReLU(hidden, inplace=True)]
+        layers += [
+            enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
+            enn.InnerBatchNorm(hidden),
+            enn.ReLU(hidden, inplace=True),
+        ]
         if downsample == "antialiased":
             if size % 2 == 0:  # even -> odd with a centred 2x2 mean (stride 1)
                 layers.append(enn.PointwiseAvgPool2D(hidden, kernel_size=2, stride=1))
@@ -123,8 +134,10 @@ def build_escnn_stem(group: str, in_channels: int, image_size: int, channels: Se
             size = (size + 2 * pool.padding[0] - pool.filter.shape[-1]) // 2 + 1
         else:
             if size % 2:
-                raise ValueError(f"downsample={downsample!r} needs even maps, but a stage sees {size}x{size} "
-                                 f"(image_size {image_size}); use fewer stages or downsample='antialiased'")
+                raise ValueError(
+                    f"downsample={downsample!r} needs even maps, but a stage sees {size}x{size} "
+                    f"(image_size {image_size}); use fewer stages or downsample='antialiased'"
+                )
             cls = enn.PointwiseAvgPool2D if downsample == "avg" else enn.PointwiseMaxPool2D
             layers.append(cls(hidden, kernel_size=2, stride=2))
             size //= 2
@@ -179,21 +192,29 @@ class HybridViT(nn.Module):
         self.group_name, self.stem_kind = group, stem
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         if stem == "escnn":
-            self.stem, size = build_escnn_stem(group, in_channels, image_size, list(stem_channels),
-                                               stem_kernel_size, downsample, pool_sigma)
+            self.stem, size = build_escnn_stem(
+                group, in_channels, image_size, list(stem_channels), stem_kernel_size, downsample, pool_sigma
+            )
             features = int(stem_channels[-1])
             self.stem_norm = nn.Identity()
         else:
             if image_size % embed_patch_size:
-                raise ValueError(f"image_size {image_size} must be divisible by embed_patch_size {embed_patch_size} "
-                                 "(the patch grid has to map onto itself under rot90)")
+                raise ValueError(
+                    f"image_size {image_size} must be divisible by embed_patch_size {embed_patch_size} "
+                    "(the patch grid has to map onto itself under rot90)"
+                )
             self.stem = SymmetricPatchEmbed(in_channels, embed_dim, embed_patch_size, get_group(group).mirror)
             size, features = image_size // embed_patch_size, embed_dim
             # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
             self.stem_norm = ChannelLayerNorm(embed_dim)
         self.artificial_size, self.artificial_channels = size, features
-        self.vit = GroupTransformer(group=group, in_channels=features, num_classes=num_classes, image_size=size,
-                                    **{**VIT_DEFAULTS, **vit_options})
+        self.vit = GroupTransformer(
+            group=group,
+            in_channels=features,
+            num_classes=num_classes,
+            image_size=size,
+            **{**VIT_DEFAULTS, **vit_options},
+        )
         self.exactly_invariant = self.vit.exactly_invariant
 
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:

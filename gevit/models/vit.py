@@ -6,6 +6,7 @@ Factored timm-style into PatchEmbed / Attention / Mlp / Block so that wrappers c
 64-d, 6 pre-norm blocks, 4 heads, MLP 512, CLS token, learned positions, dropout 0.1 (503,178
 parameters for 28x28x1 input and 10 classes). Its head is ``LayerNorm -> Linear`` on the CLS token.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,8 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.grid_size = image_size // patch_size
-        self.num_patches = self.grid_size ** 2
-        self.proj = nn.Linear(in_channels * patch_size ** 2, embed_dim)
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Linear(in_channels * patch_size**2, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -66,7 +67,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if return_attention:
-            probs = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(-1)
+            probs = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1)
             out = F.dropout(probs, self.attn_drop, self.training) @ v
         else:
             probs = None

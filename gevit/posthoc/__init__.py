@@ -6,19 +6,43 @@ transformations (plain torch; the Lightning side is ``lightning_modules.PostHocC
     model = PostHocInvariant(backbone, "c4", MeanAggregator()).eval()
     logits = model(images)                                  # (B, 1, 28, 28) -> (B, 10)
 """
+
 from gevit.posthoc.aggregators import *  # noqa: F401,F403
 from gevit.posthoc.aggregators import __all__ as _aggregators
-from gevit.posthoc.backbones import (Backbone, TimmStyleBackbone, TorchvisionResNetBackbone, adapt, check_backbone,
-                                     peer_vit_backbone, resnet_backbone, timm_backbone, torchvision_resnet,
-                                     vit_backbone)
+from gevit.posthoc.backbones import (
+    Backbone,
+    TimmStyleBackbone,
+    TorchvisionResNetBackbone,
+    adapt,
+    check_backbone,
+    peer_vit_backbone,
+    resnet_backbone,
+    timm_backbone,
+    torchvision_resnet,
+    vit_backbone,
+)
 from gevit.posthoc.canonicalization import LearnedCanonicalization, OrientationNet
 from gevit.posthoc.views import PADDINGS, GroupViews, disk_mask
 from gevit.posthoc.wrapper import REGIMES, SPATIAL_POOLINGS, PostHocInvariant
 
 __all__ = [
     *_aggregators,
-    "Backbone", "TimmStyleBackbone", "TorchvisionResNetBackbone", "adapt", "check_backbone", "peer_vit_backbone",
-    "resnet_backbone", "timm_backbone", "torchvision_resnet", "vit_backbone",
-    "LearnedCanonicalization", "OrientationNet",
-    "PADDINGS", "GroupViews", "disk_mask", "REGIMES", "SPATIAL_POOLINGS", "PostHocInvariant",
+    "Backbone",
+    "TimmStyleBackbone",
+    "TorchvisionResNetBackbone",
+    "adapt",
+    "check_backbone",
+    "peer_vit_backbone",
+    "resnet_backbone",
+    "timm_backbone",
+    "torchvision_resnet",
+    "vit_backbone",
+    "LearnedCanonicalization",
+    "OrientationNet",
+    "PADDINGS",
+    "GroupViews",
+    "disk_mask",
+    "REGIMES",
+    "SPATIAL_POOLINGS",
+    "PostHocInvariant",
 ]

@@ -22,6 +22,7 @@ the network of a ``train.py`` checkpoint is ``lightning_modules.posthoc.checkpoi
 Hydra to rebuild the stored config). ``ckpt_path`` always names the trained backbone's weights; ``weights``
 names initial pretrained weights (a local file, never downloaded unless asked for).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,8 +71,10 @@ class Backbone(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, spatial_features={self.spatial_features}, "
-                f"invariant_pooling={self.invariant_pooling}, weights={self.weights_source}")
+        return (
+            f"embed_dim={self.embed_dim}, spatial_features={self.spatial_features}, "
+            f"invariant_pooling={self.invariant_pooling}, weights={self.weights_source}"
+        )
 
 
 def _timm_pooling_is_invariant(model: nn.Module) -> bool:
@@ -85,8 +88,9 @@ def _timm_pooling_is_invariant(model: nn.Module) -> bool:
         pool = getattr(getattr(model, "head", None), "global_pool", None)
     if not isinstance(pool, SelectAdaptivePool2d) or pool.pool_type not in _INVARIANT_POOL_TYPES:
         return False
-    return not any("attention" in type(m).__name__.lower() or "attnpool" in type(m).__name__.lower()
-                   for m in model.modules())
+    return not any(
+        "attention" in type(m).__name__.lower() or "attnpool" in type(m).__name__.lower() for m in model.modules()
+    )
 
 
 class TimmStyleBackbone(Backbone):
@@ -102,8 +106,9 @@ class TimmStyleBackbone(Backbone):
         self.model = model
         self.in_channels = in_channels
         self.weights_source = weights_source
-        self.embed_dim = (getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
-                          or model.embed_dim)
+        self.embed_dim = (
+            getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None) or model.embed_dim
+        )
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -120,7 +125,9 @@ class TimmStyleBackbone(Backbone):
     def head_modules(self) -> list[nn.Module]:
         """The classifier and the model's final norms (a timm ViT's ``norm`` / ``fc_norm``: its LN + Linear
         head); this project's ViT keeps its LayerNorm inside ``head``."""
-        norms = [getattr(self.model, name) for name in _HEAD_NORMS if isinstance(getattr(self.model, name, None), nn.Module)]
+        norms = [
+            getattr(self.model, name) for name in _HEAD_NORMS if isinstance(getattr(self.model, name, None), nn.Module)
+        ]
         return [m for m in norms if any(True for _ in m.parameters())] + [self.head]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -167,8 +174,10 @@ def adapt(model: nn.Module, in_channels: int, image_size: int, weights_source: s
         return TorchvisionResNetBackbone(model, weights_source)
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         return TimmStyleBackbone(model, in_channels, image_size, weights_source)
-    raise TypeError(f"no backbone adapter for {type(model).__name__}: a backbone needs forward_features / "
-                    "forward_head(x, pre_logits=True) / a classifier (timm's API), or to be a torchvision ResNet")
+    raise TypeError(
+        f"no backbone adapter for {type(model).__name__}: a backbone needs forward_features / "
+        "forward_head(x, pre_logits=True) / a classifier (timm's API), or to be a torchvision ResNet"
+    )
 
 
 def check_backbone(backbone: Backbone, num_classes: int, in_channels: int, image_size: int) -> Backbone:
@@ -182,8 +191,10 @@ def check_backbone(backbone: Backbone, num_classes: int, in_channels: int, image
     finally:
         backbone.train(was_training)
     if logits.shape != (1, num_classes):
-        raise ValueError(f"the backbone ({backbone.weights_source}) gives logits of shape {tuple(logits.shape)} "
-                         f"for one image, but the data has {num_classes} classes")
+        raise ValueError(
+            f"the backbone ({backbone.weights_source}) gives logits of shape {tuple(logits.shape)} "
+            f"for one image, but the data has {num_classes} classes"
+        )
     return backbone
 
 
@@ -201,8 +212,10 @@ def read_framework_checkpoint(ckpt_path: str | Path) -> dict:
     path = _existing_file(ckpt_path, "backbone checkpoint")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not any(k.startswith("net.") for k in checkpoint.get("state_dict", {})):
-        raise ValueError(f"{path} is not a checkpoint of this framework's train.py (expected a 'state_dict' with "
-                         "'net.' entries); for the post-hoc experiments' original ViT use model/backbone=peer_vit")
+        raise ValueError(
+            f"{path} is not a checkpoint of this framework's train.py (expected a 'state_dict' with "
+            "'net.' entries); for the post-hoc experiments' original ViT use model/backbone=peer_vit"
+        )
     return checkpoint
 
 
@@ -216,13 +229,16 @@ def load_framework_weights(model: nn.Module, ckpt_path: str | Path) -> None:
     try:
         model.load_state_dict(net_state_dict(read_framework_checkpoint(ckpt_path)))
     except RuntimeError as err:
-        raise ValueError(f"the network in {ckpt_path} does not match the configured backbone architecture; "
-                         f"use model/backbone=checkpoint to take the architecture from the checkpoint.\n{err}") from err
+        raise ValueError(
+            f"the network in {ckpt_path} does not match the configured backbone architecture; "
+            f"use model/backbone=checkpoint to take the architecture from the checkpoint.\n{err}"
+        ) from err
 
 
 # ---- networks -----------------------------------------------------------------------------------------
-def torchvision_resnet(arch: str = "resnet50", num_classes: int = 1000, in_channels: int = 3,
-                       weights: Optional[str] = None) -> nn.Module:
+def torchvision_resnet(
+    arch: str = "resnet50", num_classes: int = 1000, in_channels: int = 3, weights: Optional[str] = None
+) -> nn.Module:
     """A torchvision ResNet (``arch``: resnet18, resnet34, resnet50, resnet101, resnet152) with
     ``num_classes`` outputs and ``in_channels`` input channels.
 
@@ -258,8 +274,9 @@ def torchvision_resnet(arch: str = "resnet50", num_classes: int = 1000, in_chann
 
 
 # ---- builders, one per source ---------------------------------------------------------------------
-def vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_path: Optional[str] = None,
-                 **architecture) -> Backbone:
+def vit_backbone(
+    num_classes: int, in_channels: int, image_size: int, ckpt_path: Optional[str] = None, **architecture
+) -> Backbone:
     """This project's ViT with ``architecture`` (see :class:`gevit.models.VisionTransformer`); weights from
     ``ckpt_path`` (a ``train.py`` checkpoint of a ViT of the same architecture) or random."""
     model = VisionTransformer(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **architecture)
@@ -268,8 +285,7 @@ def vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_path:
     return adapt(model, in_channels, image_size, str(ckpt_path) if ckpt_path else RANDOM_INIT)
 
 
-def peer_vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_path: str,
-                      **architecture) -> Backbone:
+def peer_vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_path: str, **architecture) -> Backbone:
     """The GEVit-DL2-Project post-hoc ViT: its state_dict file ``ckpt_path`` converted with
     :func:`gevit.models.convert_peer_vit_state_dict` into this project's ViT."""
     model = VisionTransformer(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **architecture)
@@ -278,25 +294,43 @@ def peer_vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_
     return adapt(model, in_channels, image_size, str(ckpt_path))
 
 
-def timm_backbone(num_classes: int, in_channels: int, image_size: int, model_name: str,
-                  weights: Optional[str] = None, ckpt_path: Optional[str] = None,
-                  model_kwargs: Optional[dict] = None) -> Backbone:
+def timm_backbone(
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    model_name: str,
+    weights: Optional[str] = None,
+    ckpt_path: Optional[str] = None,
+    model_kwargs: Optional[dict] = None,
+) -> Backbone:
     """``timm.create_model(model_name, pretrained=False, ...)``; initial weights only from the local file ``weights``
     (timm adapts its classifier and input channels), trained weights from a ``train.py`` ``ckpt_path``.
     ``model_kwargs`` go to ``create_model`` (e.g. ``img_size`` for a ViT)."""
     import timm
 
     overlay = {"file": str(_existing_file(weights, "timm weights file"))} if weights else None
-    model = timm.create_model(model_name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay,
-                              num_classes=num_classes, in_chans=in_channels, **(model_kwargs or {}))
+    model = timm.create_model(
+        model_name,
+        pretrained=overlay is not None,
+        pretrained_cfg_overlay=overlay,
+        num_classes=num_classes,
+        in_chans=in_channels,
+        **(model_kwargs or {}),
+    )
     if ckpt_path:
         load_framework_weights(model, ckpt_path)
     source = str(ckpt_path) if ckpt_path else str(weights) if weights else RANDOM_INIT
     return adapt(model, in_channels, image_size, source)
 
 
-def resnet_backbone(num_classes: int, in_channels: int, image_size: int, arch: str = "resnet50",
-                    weights: Optional[str] = None, ckpt_path: Optional[str] = None) -> Backbone:
+def resnet_backbone(
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    arch: str = "resnet50",
+    weights: Optional[str] = None,
+    ckpt_path: Optional[str] = None,
+) -> Backbone:
     """A torchvision ResNet (:func:`torchvision_resnet`); trained weights from a ``train.py`` ``ckpt_path``
     (e.g. the ``resnet50_pcam`` stage 1)."""
     model = torchvision_resnet(arch, num_classes, in_channels, None if ckpt_path else weights)
@@ -304,5 +338,3 @@ def resnet_backbone(num_classes: int, in_channels: int, image_size: int, arch: s
         load_framework_weights(model, ckpt_path)
     source = str(ckpt_path) if ckpt_path else str(weights) if weights else RANDOM_INIT
     return adapt(model, in_channels, image_size, source)
-
-

@@ -22,6 +22,7 @@ The logits' index is the element index of :mod:`gevit.groups` (``r + n*m``: mirr
 counter-clockwise by ``r*360/n`` degrees); escnn's regular representations of ``rot2dOnR2(n)``,
 ``flipRot2dOnR2(n)`` and ``flip2dOnR2()`` order their channels the same way (tested).
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,12 +58,21 @@ class OrientationNet(nn.Module):
     of one backbone call.
     """
 
-    def __init__(self, group: Group | str, in_channels: int, width: int = 8, depth: int = 3, kernel_size: int = 5,
-                 downsample: int = 2):
+    def __init__(
+        self,
+        group: Group | str,
+        in_channels: int,
+        width: int = 8,
+        depth: int = 3,
+        kernel_size: int = 5,
+        downsample: int = 2,
+    ):
         super().__init__()
         if depth < 1 or kernel_size % 2 == 0 or downsample < 1:
-            raise ValueError(f"OrientationNet needs depth >= 1, an odd kernel_size and downsample >= 1, got "
-                             f"{depth}, {kernel_size}, {downsample}")
+            raise ValueError(
+                f"OrientationNet needs depth >= 1, an odd kernel_size and downsample >= 1, got "
+                f"{depth}, {kernel_size}, {downsample}"
+            )
         self.downsample = downsample
         self.group = get_group(group)
         space = group_gspace(self.group)
@@ -103,16 +113,28 @@ class LearnedCanonicalization(Aggregator):
     level = "input"
     learned = True
     display_name = "canonicalization"
-    summary = {"aggregated": "nothing: one canonical input h*⁻¹x, backbone run once",
-               "weights": "one-hot argmax of an escnn C_n/D_n-equivariant orientation net",
-               "normalisation": "softmax(o/T) for the gradient", "estimator": "straight-through (or Gumbel)",
-               "difference": "Kaba/Mondal (equiadapt): same method; discrete orbit of the views' group "
-                             "(exact rot90/flip for C4/D4), prior as CE to the identity (Mondal: KL to a "
-                             "delta at the identity — the same up to a constant)"}
+    summary = {
+        "aggregated": "nothing: one canonical input h*⁻¹x, backbone run once",
+        "weights": "one-hot argmax of an escnn C_n/D_n-equivariant orientation net",
+        "normalisation": "softmax(o/T) for the gradient",
+        "estimator": "straight-through (or Gumbel)",
+        "difference": "Kaba/Mondal (equiadapt): same method; discrete orbit of the views' group "
+        "(exact rot90/flip for C4/D4), prior as CE to the identity (Mondal: KL to a "
+        "delta at the identity — the same up to a constant)",
+    }
 
-    def __init__(self, group: Group | str, in_channels: int, width: int = 8, depth: int = 3, kernel_size: int = 5,
-                 downsample: int = 2, estimator: str = "straight_through", temperature: float = 1.0,
-                 prior_weight: float = 0.0):
+    def __init__(
+        self,
+        group: Group | str,
+        in_channels: int,
+        width: int = 8,
+        depth: int = 3,
+        kernel_size: int = 5,
+        downsample: int = 2,
+        estimator: str = "straight_through",
+        temperature: float = 1.0,
+        prior_weight: float = 0.0,
+    ):
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -146,5 +168,7 @@ class LearnedCanonicalization(Aggregator):
         return self.prior_weight * F.cross_entropy(logits, identity)
 
     def extra_repr(self) -> str:
-        return (f"level={self.level}, group={self.orientation.group.name}, estimator={self.estimator}, "
-                f"temperature={self.temperature}, prior_weight={self.prior_weight}")
+        return (
+            f"level={self.level}, group={self.orientation.group.name}, estimator={self.estimator}, "
+            f"temperature={self.temperature}, prior_weight={self.prior_weight}"
+        )

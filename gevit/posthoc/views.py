@@ -4,6 +4,7 @@ Conventions are those of :mod:`gevit.groups`: element ``i = r + n*m`` of C_n / D
 rotates counter-clockwise by ``r * 360/n`` degrees. Multiples of 90 degrees and the mirror are exact pixel
 permutations (``torch.rot90`` / ``torch.flip``); other angles are resampled with ``F.grid_sample``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -24,7 +25,7 @@ def disk_mask(height: int, width: int) -> torch.Tensor:
     rows = torch.arange(height, dtype=torch.float64) + 0.5 - height / 2
     cols = torch.arange(width, dtype=torch.float64) + 0.5 - width / 2
     radius = min(height, width) / 2
-    return ((rows[:, None] ** 2 + cols[None, :] ** 2) <= radius ** 2).float()
+    return ((rows[:, None] ** 2 + cols[None, :] ** 2) <= radius**2).float()
 
 
 class GroupViews(nn.Module):
@@ -42,8 +43,13 @@ class GroupViews(nn.Module):
             raw images followed by normalisation.
     """
 
-    def __init__(self, group: Group | str, interpolation: str = "bilinear", padding: str = "zeros",
-                 background: Optional[Sequence[float] | torch.Tensor] = None):
+    def __init__(
+        self,
+        group: Group | str,
+        interpolation: str = "bilinear",
+        padding: str = "zeros",
+        background: Optional[Sequence[float] | torch.Tensor] = None,
+    ):
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
@@ -72,9 +78,15 @@ class GroupViews(nn.Module):
         Exact for C4 / flip / D4 (square maps); interpolated with zero padding for other angles.
         """
         group = self.group
-        return torch.stack([group.act_on_images(maps[:, i], group.inverse(i), interpolation=self.interpolation)
-                            for i in range(self.order)], dim=1)
+        return torch.stack(
+            [
+                group.act_on_images(maps[:, i], group.inverse(i), interpolation=self.interpolation)
+                for i in range(self.order)
+            ],
+            dim=1,
+        )
 
     def extra_repr(self) -> str:
-        return (f"group={self.group.name}, order={self.order}, interpolation={self.interpolation}, "
-                f"padding={self.padding}")
+        return (
+            f"group={self.group.name}, order={self.order}, interpolation={self.interpolation}, padding={self.padding}"
+        )

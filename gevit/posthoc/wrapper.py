@@ -23,6 +23,7 @@ pooling, in one batched call — invariant for any ``P``, and ``P`` itself where
 Learned canonicalization (level ``input``) instead predicts an orientation ``h*`` and runs the backbone
 once on ``h*^-1 . x`` (:mod:`gevit.posthoc.canonicalization`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from gevit.groups import Group
-from gevit.posthoc.aggregators.base import Aggregator, AggregatorFactory, complete_aggregator
+from gevit.posthoc.aggregators.base import AggregatorFactory, complete_aggregator
 from gevit.posthoc.backbones import Backbone
 from gevit.posthoc.views import GroupViews
 
@@ -57,30 +58,47 @@ class PostHocInvariant(nn.Module):
             EquiAttention / equivariant λ-equitune; **not invariant** unless that pooling is; warns).
     """
 
-    def __init__(self, backbone: Backbone, group: Group | str, aggregator: Optional[AggregatorFactory] = None,
-                 interpolation: str = "bilinear", padding: str = "zeros",
-                 background: Optional[Sequence[float] | torch.Tensor] = None, spatial_pooling: str = "auto"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        group: Group | str,
+        aggregator: Optional[AggregatorFactory] = None,
+        interpolation: str = "bilinear",
+        padding: str = "zeros",
+        background: Optional[Sequence[float] | torch.Tensor] = None,
+        spatial_pooling: str = "auto",
+    ):
         super().__init__()
         if spatial_pooling not in SPATIAL_POOLINGS:
             raise ValueError(f"spatial_pooling must be one of {SPATIAL_POOLINGS}, got {spatial_pooling!r}")
         self.views = GroupViews(group, interpolation=interpolation, padding=padding, background=background)
         if aggregator is None:
             from gevit.posthoc.aggregators.mean import MeanAggregator
+
             aggregator = MeanAggregator
-        aggregator = complete_aggregator(aggregator, embed_dim=backbone.embed_dim,
-                                         spatial_features=backbone.spatial_features, group=self.views.group,
-                                         in_channels=getattr(backbone, "in_channels", None))
+        aggregator = complete_aggregator(
+            aggregator,
+            embed_dim=backbone.embed_dim,
+            spatial_features=backbone.spatial_features,
+            group=self.views.group,
+            in_channels=getattr(backbone, "in_channels", None),
+        )
         if aggregator.level == "spatial" and not backbone.spatial_features:
-            raise ValueError(f"the {aggregator.name} aggregator combines spatial feature maps, which this backbone "
-                             "does not have")
+            raise ValueError(
+                f"the {aggregator.name} aggregator combines spatial feature maps, which this backbone does not have"
+            )
         self.backbone = backbone
         self.aggregator = aggregator
         self.symmetrize_pooling = spatial_pooling == "symmetrized" or (
-            spatial_pooling == "auto" and not backbone.invariant_pooling)
+            spatial_pooling == "auto" and not backbone.invariant_pooling
+        )
         if aggregator.level == "spatial" and spatial_pooling == "backbone" and not backbone.invariant_pooling:
-            log.warning("spatial_pooling=backbone with a pooling that is not known to be invariant (%s): the "
-                        "%s wrapper is NOT invariant; use spatial_pooling=auto", type(backbone.model).__name__,
-                        aggregator.name)
+            log.warning(
+                "spatial_pooling=backbone with a pooling that is not known to be invariant (%s): the "
+                "%s wrapper is NOT invariant; use spatial_pooling=auto",
+                type(backbone.model).__name__,
+                aggregator.name,
+            )
 
     @property
     def group(self) -> Group:
@@ -135,15 +153,25 @@ class PostHocInvariant(nn.Module):
         learned, name = self.aggregator.learned, self.aggregator.name
         if regime == "zero_shot" and learned:
             count = sum(p.numel() for p in self.aggregator.parameters())
-            raise ValueError(f"the {name} aggregator has {count:,} parameters that must be trained, but "
-                             "regime=zero_shot trains nothing: use model.regime=aggregator_only to train the "
-                             "aggregator alone (the backbone stays frozen), or mlp / full")
+            raise ValueError(
+                f"the {name} aggregator has {count:,} parameters that must be trained, but "
+                "regime=zero_shot trains nothing: use model.regime=aggregator_only to train the "
+                "aggregator alone (the backbone stays frozen), or mlp / full"
+            )
         if regime == "aggregator_only" and not learned:
-            raise ValueError(f"regime=aggregator_only trains only the aggregator, but {name} has no parameters: "
-                             "use model.regime=zero_shot")
+            raise ValueError(
+                f"regime=aggregator_only trains only the aggregator, but {name} has no parameters: "
+                "use model.regime=zero_shot"
+            )
         if regime == "backbone_only" and not learned:
-            raise ValueError(f"regime=backbone_only freezes the aggregator, but {name} has no parameters, so it is "
-                             "regime=full: use model.regime=full")
-        return {"zero_shot": [], "aggregator_only": [self.aggregator],
-                "mlp": [*self.backbone.head_modules, self.aggregator], "backbone_only": [self.backbone],
-                "full": [self]}[regime]
+            raise ValueError(
+                f"regime=backbone_only freezes the aggregator, but {name} has no parameters, so it is "
+                "regime=full: use model.regime=full"
+            )
+        return {
+            "zero_shot": [],
+            "aggregator_only": [self.aggregator],
+            "mlp": [*self.backbone.head_modules, self.aggregator],
+            "backbone_only": [self.backbone],
+            "full": [self],
+        }[regime]

@@ -10,6 +10,7 @@ Shared: :mod:`~scripts.figures.common` (checkpoints loaded for drawing, refusals
 :mod:`~scripts.figures.digits` (the validation digits drawn). The maths is in :mod:`gevit.analysis`,
 rebuilding checkpoints in :func:`runkit.checkpoints.load_run`, W&B in :mod:`runkit.wandb_logging`.
 """
+
 from scripts.figures.attention import gevit_attention, plot_gevit_attention, plot_vit_attention, vit_attention
 from scripts.figures.common import CheckpointKindError, LoadedModel, check_digit_shape, load_model
 from scripts.figures.digits import validation_digits
@@ -19,8 +20,23 @@ from scripts.figures.rotation_gif import plot_rotation_confidence, rotation_pred
 from scripts.figures.view_weights import plot_view_weights, view_weight_statistics
 
 __all__ = [
-    "CheckpointKindError", "LoadedModel", "check_digit_shape", "gevit_attention", "gevit_latents", "load_model",
-    "plot_gevit_attention", "plot_gevit_latents", "plot_robustness_comparison", "plot_rotation_confidence",
-    "plot_view_weights", "plot_vit_attention", "read_robustness_curve", "rotation_predictions", "run_label",
-    "validation_digits", "view_weight_statistics", "vit_attention", "write_rotation_gif",
+    "CheckpointKindError",
+    "LoadedModel",
+    "check_digit_shape",
+    "gevit_attention",
+    "gevit_latents",
+    "load_model",
+    "plot_gevit_attention",
+    "plot_gevit_latents",
+    "plot_robustness_comparison",
+    "plot_rotation_confidence",
+    "plot_view_weights",
+    "plot_vit_attention",
+    "read_robustness_curve",
+    "rotation_predictions",
+    "run_label",
+    "validation_digits",
+    "view_weight_statistics",
+    "vit_attention",
+    "write_rotation_gif",
 ]

@@ -1,4 +1,5 @@
 """What every figure shares: checkpoints loaded for drawing, refusals of the wrong kind, drawing helpers."""
+
 from __future__ import annotations
 
 import functools
@@ -69,8 +70,9 @@ class LoadedModel:
     def require(self, command: str, expected: str, fits: Callable[[ModelFacts], bool]) -> None:
         """Raise one message naming the file and what ``command`` expects unless ``fits(self.facts)``."""
         if not fits(self.facts):
-            raise CheckpointKindError(f"{command}: {self.path} holds a {self.description()} ({self.target}); "
-                                      f"expected {expected}")
+            raise CheckpointKindError(
+                f"{command}: {self.path} holds a {self.description()} ({self.target}); expected {expected}"
+            )
 
 
 def load_model(path: str | Path, label: Optional[str] = None) -> LoadedModel:
@@ -85,8 +87,10 @@ def check_digit_shape(model: LoadedModel) -> None:
     """The figures draw 1x28x28 digits of the embedded data set; refuse models of other inputs."""
     module = model.module
     if (module.in_channels, module.image_size) != (1, 28):
-        raise CheckpointKindError(f"{model.path} expects {module.in_channels}x{module.image_size}x{module.image_size} "
-                                  "images; these figures use 1x28x28 digits of the embedded RotMNIST-mini set")
+        raise CheckpointKindError(
+            f"{model.path} expects {module.in_channels}x{module.image_size}x{module.image_size} "
+            "images; these figures use 1x28x28 digits of the embedded RotMNIST-mini set"
+        )
 
 
 def display_path(path: Path) -> str:
@@ -136,5 +140,6 @@ def overlay(ax, image: torch.Tensor, heat: torch.Tensor, title: str = "") -> Non
     """A coarse (h, w) map stretched over the (C, H, W) image, half transparent."""
     show_digit(ax, image, title)
     height, width = image.shape[-2:]
-    ax.imshow(heat.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest",
-              extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    ax.imshow(
+        heat.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest", extent=(-0.5, width - 0.5, height - 0.5, -0.5)
+    )

@@ -1,4 +1,5 @@
 """The digits the figures draw: the validation split of the embedded RotMNIST-mini set, upright."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Figure 2: GE-ViT feature maps per layer for a digit and its quarter turns (and their group deviation)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,9 +22,15 @@ def gevit_latents(model: LoadedModel, image: torch.Tensor) -> tuple[list[torch.T
     return layer_latents(model.net, model.normalize(image))
 
 
-def plot_gevit_latents(model: LoadedModel, image: torch.Tensor, label: int, path: str | Path,
-                       channels: Optional[Sequence[int]] = None, subtract_group_mean: bool = False,
-                       image_name: str = "validation digit") -> tuple[Path, torch.Tensor]:
+def plot_gevit_latents(
+    model: LoadedModel,
+    image: torch.Tensor,
+    label: int,
+    path: str | Path,
+    channels: Optional[Sequence[int]] = None,
+    subtract_group_mean: bool = False,
+    image_name: str = "validation digit",
+) -> tuple[Path, torch.Tensor]:
     """Rows: the input rotated by 0/90/180/270 degrees; one panel group per layer (lifting, then each
     transformer layer) holding the |G| group-axis maps of one channel. With ``subtract_group_mean`` each
     map is shown minus the mean over the group axis (diverging colours): the part that depends on the
@@ -54,12 +61,24 @@ def plot_gevit_latents(model: LoadedModel, image: torch.Tensor, label: int, path
         axes = subfig.subplots(4, order, squeeze=False)
         for k in range(4):
             for g in range(order):
-                show_map(axes[k, g], maps[k, g], f"g={element_name(group, g)}" if k == 0 else "",
-                         cmap=cmap, vmin=low, vmax=high)
+                show_map(
+                    axes[k, g],
+                    maps[k, g],
+                    f"g={element_name(group, g)}" if k == 0 else "",
+                    cmap=cmap,
+                    vmin=low,
+                    vmax=high,
+                )
         name = "lifting" if layer == 0 else f"layer {layer}"
-        subfig.suptitle(f"{name}, channel {channel} ({maps.shape[-2]}x{maps.shape[-1]})\n"
-                        f"equivariance error {float(errors[layer].max()):.1e}", fontsize=8)
+        subfig.suptitle(
+            f"{name}, channel {channel} ({maps.shape[-2]}x{maps.shape[-1]})\n"
+            f"equivariance error {float(errors[layer].max()):.1e}",
+            fontsize=8,
+        )
     shown = "feature minus its mean over the group axis" if subtract_group_mean else "feature maps"
-    fig.suptitle(f"{model.title()}\n{image_name} (class {label}), {shown}: rotating the input by 90° rotates "
-                 f"every map and shifts the group axis by {group.quarter_turn_steps()} element(s)", fontsize=9)
+    fig.suptitle(
+        f"{model.title()}\n{image_name} (class {label}), {shown}: rotating the input by 90° rotates "
+        f"every map and shifts the group axis by {group.quarter_turn_steps()} element(s)",
+        fontsize=9,
+    )
     return save_png(fig, path), errors

@@ -1,4 +1,5 @@
 """Figure 5: accuracy against the rotation angle of several ``train.py`` runs on one figure."""
+
 from __future__ import annotations
 
 import csv
@@ -21,17 +22,25 @@ def read_robustness_curve(run_dir: str | Path) -> dict:
     if metrics_path.is_file():
         stored = json.loads(metrics_path.read_text()).get("rotation_robustness")
         if isinstance(stored, dict) and stored.get("angles") and stored.get("accuracy"):
-            return {"angles": list(stored["angles"]), "accuracy": list(stored["accuracy"]),
-                    "num_samples": stored.get("num_samples")}
+            return {
+                "angles": list(stored["angles"]),
+                "accuracy": list(stored["accuracy"]),
+                "num_samples": stored.get("num_samples"),
+            }
     csv_path = run_dir / "rotation_robustness.csv"
     if csv_path.is_file():
         with csv_path.open() as handle:
             rows = list(csv.DictReader(handle))
         if rows:
-            return {"angles": [float(r["angle_deg"]) for r in rows], "accuracy": [float(r["accuracy"]) for r in rows],
-                    "num_samples": int(float(rows[0]["num_samples"]))}
-    raise FileNotFoundError(f"{run_dir} has no rotation robustness results (metrics.json 'rotation_robustness' or "
-                            "rotation_robustness.csv); is it a completed train.py run directory?")
+            return {
+                "angles": [float(r["angle_deg"]) for r in rows],
+                "accuracy": [float(r["accuracy"]) for r in rows],
+                "num_samples": int(float(rows[0]["num_samples"])),
+            }
+    raise FileNotFoundError(
+        f"{run_dir} has no rotation robustness results (metrics.json 'rotation_robustness' or "
+        "rotation_robustness.csv); is it a completed train.py run directory?"
+    )
 
 
 def run_checkpoint(run_dir: str | Path) -> Optional[Path]:
@@ -71,8 +80,9 @@ def run_label(run_dir: str | Path) -> str:
     return f"{run_dir.name}: {described}" if described else run_dir.name
 
 
-def plot_robustness_comparison(runs: dict[str, str | Path] | Sequence[str | Path], path: str | Path,
-                               title: str = "Test accuracy under rotation") -> tuple[Path, dict]:
+def plot_robustness_comparison(
+    runs: dict[str, str | Path] | Sequence[str | Path], path: str | Path, title: str = "Test accuracy under rotation"
+) -> tuple[Path, dict]:
     """One accuracy-vs-angle figure for several runs (``{label: run_dir}`` or run dirs, labelled by
     :func:`run_label`), drawn by :func:`runkit.plots.plot_rotation_robustness`.
     Returns the PNG path and the curves ``{label: {"angles", "accuracy", "num_samples", "run_dir"}}``."""

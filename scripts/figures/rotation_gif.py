@@ -1,4 +1,5 @@
 """Figure 1: one digit rotated through 360°, with each model's class probabilities (GIF + static plot)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +14,23 @@ from gevit.analysis import rotated_copies, rotation_sweep
 from scripts.figures.common import LoadedModel, display_path, figure_rgb, save_png
 
 
-def rotation_predictions(models: Sequence[LoadedModel], image: torch.Tensor,
-                         angles: Sequence[float]) -> dict[str, torch.Tensor]:
+def rotation_predictions(
+    models: Sequence[LoadedModel], image: torch.Tensor, angles: Sequence[float]
+) -> dict[str, torch.Tensor]:
     """``{label: probabilities (A, K)}`` of every model on ``image`` (1, C, H, W) rotated by each angle."""
     return {model.label: rotation_sweep(model.module, image, angles) for model in models}
 
 
-def write_rotation_gif(models: Sequence[LoadedModel], image: torch.Tensor, label: int, angles: Sequence[float],
-                       path: str | Path, probabilities: Optional[dict] = None, frame_ms: int = 150,
-                       image_name: str = "validation digit") -> Path:
+def write_rotation_gif(
+    models: Sequence[LoadedModel],
+    image: torch.Tensor,
+    label: int,
+    angles: Sequence[float],
+    path: str | Path,
+    probabilities: Optional[dict] = None,
+    frame_ms: int = 150,
+    image_name: str = "validation digit",
+) -> Path:
     """Animated GIF, one frame per angle: the digit ``image`` (1, C, H, W) rotated counter-clockwise, and for
     each model (one column each) its class-probability bars, the predicted class highlighted (green when
     it is ``label``, red otherwise)."""
@@ -30,8 +39,12 @@ def write_rotation_gif(models: Sequence[LoadedModel], image: torch.Tensor, label
     probabilities = probabilities or rotation_predictions(models, image, angles)
     rotated = rotated_copies(image, angles)
     num_classes = next(iter(probabilities.values())).shape[1]
-    fig, axes = plt.subplots(1, 1 + len(models), figsize=(2.6 + 3.2 * len(models), 3.6),
-                             gridspec_kw={"width_ratios": [0.8] + [1.0] * len(models)})
+    fig, axes = plt.subplots(
+        1,
+        1 + len(models),
+        figsize=(2.6 + 3.2 * len(models), 3.6),
+        gridspec_kw={"width_ratios": [0.8] + [1.0] * len(models)},
+    )
     digit = axes[0].imshow(rotated[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
     axes[0].set_xticks([])
     axes[0].set_yticks([])
@@ -75,9 +88,14 @@ def save_gif(frames: Sequence[np.ndarray], path: Path, frame_ms: int) -> Path:
     return path
 
 
-def plot_rotation_confidence(models: Sequence[LoadedModel], probabilities: dict, label: int,
-                             angles: Sequence[float], path: str | Path,
-                             image_name: str = "validation digit") -> Path:
+def plot_rotation_confidence(
+    models: Sequence[LoadedModel],
+    probabilities: dict,
+    label: int,
+    angles: Sequence[float],
+    path: str | Path,
+    image_name: str = "validation digit",
+) -> Path:
     """The GIF as one static figure: probability of the true class and predicted class vs angle, per model."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
     for model in models:
@@ -100,12 +118,15 @@ def plot_rotation_confidence(models: Sequence[LoadedModel], probabilities: dict,
     return save_png(fig, path)
 
 
-def rotation_summary(models: Sequence[LoadedModel], probabilities: dict, label: int,
-                     angles: Sequence[float]) -> dict:
+def rotation_summary(models: Sequence[LoadedModel], probabilities: dict, label: int, angles: Sequence[float]) -> dict:
     """The numbers behind the figure, per model: predictions and p(true class) per angle, fraction right."""
-    return {m.label: {
-        "checkpoint": str(m.path), "angles": list(angles),
-        "predicted": probabilities[m.label].argmax(-1).tolist(),
-        "p_true_class": probabilities[m.label][:, label].tolist(),
-        "correct_fraction": float((probabilities[m.label].argmax(-1) == label).double().mean())}
-        for m in models}
+    return {
+        m.label: {
+            "checkpoint": str(m.path),
+            "angles": list(angles),
+            "predicted": probabilities[m.label].argmax(-1).tolist(),
+            "p_true_class": probabilities[m.label][:, label].tolist(),
+            "correct_fraction": float((probabilities[m.label].argmax(-1) == label).double().mean()),
+        }
+        for m in models
+    }

@@ -9,6 +9,7 @@ build is never reused on another kind of CPU. If the build fails (no compiler, n
 The kernel's layouts and math are documented at the top of the C++ file; :class:`FusedAttention`
 is its autograd function (the backward recomputes the probabilities, nothing attention-sized is saved).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,12 +71,21 @@ def load(verbose: bool = False):
                 os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
             directory = build_directory()
             directory.mkdir(parents=True, exist_ok=True)
-            module = load_extension(name=directory.name, sources=[str(SOURCE)], extra_cflags=FLAGS,
-                                    extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=verbose)
+            module = load_extension(
+                name=directory.name,
+                sources=[str(SOURCE)],
+                extra_cflags=FLAGS,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(directory),
+                verbose=verbose,
+            )
         except Exception as error:  # any build problem: run eager, say so once
-            _state["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-            log.warning("GE-ViT attention: the fused CPU kernel could not be built (%s); using the eager path",
-                        _state["error"])
+            _state["error"] = (
+                f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            )
+            log.warning(
+                "GE-ViT attention: the fused CPU kernel could not be built (%s); using the eager path", _state["error"]
+            )
         _state["module"] = module
         return module
 

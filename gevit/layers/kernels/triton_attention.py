@@ -10,6 +10,7 @@ Triton's Philox generator (``tl.rand``) keyed by (seed, element index) so that t
 regenerates it. The backward recomputes the probabilities and accumulates the key/value/query
 gradients with atomics (several programs touch the same key).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,13 +47,15 @@ def unavailable_reason() -> str:
 if triton is not None:
 
     @triton.jit
-    def _logit(q_g, k_ptr, pt_ptr, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, C, M_stride_c, H, W,
-               Wp, RAD):
+    def _logit(q_g, k_ptr, pt_ptr, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, C, M_stride_c, H, W, Wp, RAD):
         """Logit of the neighbour j of every query in the tile for one (v, g, m): [BLOCK_X]."""
         a = j // K
         b = j - a * K
-        kt = tl.load(k_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * M_stride_c,
-                     mask=cmask[None, :], other=0.0).to(tl.float32)
+        kt = tl.load(
+            k_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * M_stride_c,
+            mask=cmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
         content = tl.sum(q_g * kt, axis=1)
         pt = tl.load(pt_ptr + j * C + offs_c, mask=pmask, other=0.0).to(tl.float32)
         spatial = tl.sum(q_g * pt[None, :], axis=1)
@@ -70,8 +73,30 @@ if triton is not None:
             return tl.full(offs_x.shape, 1.0, tl.float32)
 
     @triton.jit
-    def _forward_kernel(q_ptr, k_ptr, v_ptr, pt_ptr, qe_ptr, idx_ptr, out_ptr, C, G, M, V, N, H, W, Wq, K, P2,
-                        p_drop, seed, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, DROPOUT: tl.constexpr):
+    def _forward_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        pt_ptr,
+        qe_ptr,
+        idx_ptr,
+        out_ptr,
+        C,
+        G,
+        M,
+        V,
+        N,
+        H,
+        W,
+        Wq,
+        K,
+        P2,
+        p_drop,
+        seed,
+        BLOCK_X: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        DROPOUT: tl.constexpr,
+    ):
         row = tl.program_id(0)  # bh * H + y
         x0 = tl.program_id(1) * BLOCK_X
         v = tl.program_id(2)
@@ -89,8 +114,11 @@ if triton is not None:
         acc = tl.zeros((BLOCK_X, BLOCK_C), dtype=tl.float32)
         pt_v = pt_ptr + v * K2 * P2
         for g in range(G):
-            q_g = tl.load(q_ptr + ((bh * C + offs_c[None, :]) * G + g) * H * Wq + y * Wq + offs_x[:, None],
-                          mask=cmask[None, :], other=0.0).to(tl.float32)
+            q_g = tl.load(
+                q_ptr + ((bh * C + offs_c[None, :]) * G + g) * H * Wq + y * Wq + offs_x[:, None],
+                mask=cmask[None, :],
+                other=0.0,
+            ).to(tl.float32)
             run_max = tl.full((BLOCK_X,), -1.0e30, tl.float32)  # finite: exp(max_old - max_new) stays defined
             run_sum = tl.zeros((BLOCK_X,), dtype=tl.float32)
             for m in range(M):
@@ -98,8 +126,26 @@ if triton is not None:
                 qe_row = tl.load(qe_ptr + (((bh * G + g) * N + e_idx) * H + y) * Wq + offs_x).to(tl.float32)
                 kbase = (bh * C * M + m) * Hp * Wp
                 for j in range(K2):
-                    logit = _logit(q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K,
-                                   P2, M * Hp * Wp, H, W, Wp, RAD)
+                    logit = _logit(
+                        q_g,
+                        k_ptr,
+                        pt_v,
+                        qe_row,
+                        kbase,
+                        offs_x,
+                        offs_c,
+                        cmask,
+                        pmask,
+                        y,
+                        j,
+                        K,
+                        P2,
+                        M * Hp * Wp,
+                        H,
+                        W,
+                        Wp,
+                        RAD,
+                    )
                     new_max = tl.maximum(run_max, logit)
                     run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(logit - new_max)
                     run_max = new_max
@@ -109,22 +155,72 @@ if triton is not None:
                 qe_row = tl.load(qe_ptr + (((bh * G + g) * N + e_idx) * H + y) * Wq + offs_x).to(tl.float32)
                 kbase = (bh * C * M + m) * Hp * Wp
                 for j in range(K2):
-                    logit = _logit(q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K,
-                                   P2, M * Hp * Wp, H, W, Wp, RAD)
+                    logit = _logit(
+                        q_g,
+                        k_ptr,
+                        pt_v,
+                        qe_row,
+                        kbase,
+                        offs_x,
+                        offs_c,
+                        cmask,
+                        pmask,
+                        y,
+                        j,
+                        K,
+                        P2,
+                        M * Hp * Wp,
+                        H,
+                        W,
+                        Wp,
+                        RAD,
+                    )
                     prob = tl.exp(logit - run_max) * inv
                     prob = prob * _keep(seed, bh, v, m, j, y, offs_x, V, M, K2, H, W, p_drop, scale, DROPOUT)
                     a = j // K
                     b = j - a * K
-                    vt = tl.load(v_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * (M * Hp * Wp),
-                                 mask=cmask[None, :], other=0.0).to(tl.float32)
+                    vt = tl.load(
+                        v_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * (M * Hp * Wp),
+                        mask=cmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
                     acc += prob[:, None] * vt
-        tl.store(out_ptr + ((bh * C + offs_c[None, :]) * V + v) * H * Wq + y * Wq + offs_x[:, None],
-                 acc.to(out_ptr.dtype.element_ty), mask=cmask[None, :])
+        tl.store(
+            out_ptr + ((bh * C + offs_c[None, :]) * V + v) * H * Wq + y * Wq + offs_x[:, None],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=cmask[None, :],
+        )
 
     @triton.jit
-    def _backward_kernel(q_ptr, k_ptr, v_ptr, pt_ptr, qe_ptr, idx_ptr, dout_ptr, dq_ptr, dk_ptr, dv_ptr, dpt_ptr,
-                         dqe_ptr, C, G, M, V, N, H, W, Wq, K, P2, p_drop, seed, BLOCK_X: tl.constexpr,
-                         BLOCK_C: tl.constexpr, DROPOUT: tl.constexpr):
+    def _backward_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        pt_ptr,
+        qe_ptr,
+        idx_ptr,
+        dout_ptr,
+        dq_ptr,
+        dk_ptr,
+        dv_ptr,
+        dpt_ptr,
+        dqe_ptr,
+        C,
+        G,
+        M,
+        V,
+        N,
+        H,
+        W,
+        Wq,
+        K,
+        P2,
+        p_drop,
+        seed,
+        BLOCK_X: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        DROPOUT: tl.constexpr,
+    ):
         row = tl.program_id(0)
         x0 = tl.program_id(1) * BLOCK_X
         v = tl.program_id(2)
@@ -141,8 +237,11 @@ if triton is not None:
         pmask = offs_c < P2
         scale = 1.0 / (1.0 - p_drop)
         pt_v = pt_ptr + v * K2 * P2
-        d_out = tl.load(dout_ptr + ((bh * C + offs_c[None, :]) * V + v) * H * Wq + y * Wq + offs_x[:, None],
-                        mask=cmask[None, :], other=0.0).to(tl.float32)
+        d_out = tl.load(
+            dout_ptr + ((bh * C + offs_c[None, :]) * V + v) * H * Wq + y * Wq + offs_x[:, None],
+            mask=cmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
         for g in range(G):
             q_off = ((bh * C + offs_c[None, :]) * G + g) * H * Wq + y * Wq + offs_x[:, None]
             q_g = tl.load(q_ptr + q_off, mask=cmask[None, :], other=0.0).to(tl.float32)
@@ -153,8 +252,9 @@ if triton is not None:
                 qe_row = tl.load(qe_ptr + (((bh * G + g) * N + e_idx) * H + y) * Wq + offs_x).to(tl.float32)
                 kbase = (bh * C * M + m) * Hp * Wp
                 for j in range(K2):
-                    logit = _logit(q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS,
-                                   H, W, Wp, RAD)
+                    logit = _logit(
+                        q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS, H, W, Wp, RAD
+                    )
                     new_max = tl.maximum(run_max, logit)
                     run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(logit - new_max)
                     run_max = new_max
@@ -166,13 +266,17 @@ if triton is not None:
                 qe_row = tl.load(qe_ptr + (((bh * G + g) * N + e_idx) * H + y) * Wq + offs_x).to(tl.float32)
                 kbase = (bh * C * M + m) * Hp * Wp
                 for j in range(K2):
-                    logit = _logit(q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS,
-                                   H, W, Wp, RAD)
+                    logit = _logit(
+                        q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS, H, W, Wp, RAD
+                    )
                     prob = tl.exp(logit - run_max) * inv
                     a = j // K
                     b = j - a * K
-                    vt = tl.load(v_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * MS,
-                                 mask=cmask[None, :], other=0.0).to(tl.float32)
+                    vt = tl.load(
+                        v_ptr + kbase + (y + a) * Wp + offs_x[:, None] + b + offs_c[None, :] * MS,
+                        mask=cmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
                     keep = _keep(seed, bh, v, m, j, y, offs_x, V, M, K2, H, W, p_drop, scale, DROPOUT)
                     r += prob * keep * tl.sum(d_out * vt, axis=1)
             dq_acc = tl.zeros((BLOCK_X, BLOCK_C), dtype=tl.float32)
@@ -182,8 +286,9 @@ if triton is not None:
                 kbase = (bh * C * M + m) * Hp * Wp
                 de = tl.zeros((BLOCK_X,), dtype=tl.float32)
                 for j in range(K2):
-                    logit = _logit(q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS,
-                                   H, W, Wp, RAD)
+                    logit = _logit(
+                        q_g, k_ptr, pt_v, qe_row, kbase, offs_x, offs_c, cmask, pmask, y, j, K, P2, MS, H, W, Wp, RAD
+                    )
                     prob = tl.exp(logit - run_max) * inv
                     a = j // K
                     b = j - a * K
@@ -198,8 +303,9 @@ if triton is not None:
                     tl.atomic_add(dk_ptr + kv_off, dlogit[:, None] * q_g, mask=cmask[None, :])
                     pt = tl.load(pt_v + j * P2 + offs_c, mask=pmask, other=0.0).to(tl.float32)
                     dq_acc += dlogit[:, None] * (kt + pt[None, :])
-                    tl.atomic_add(dpt_ptr + v * K2 * P2 + j * P2 + offs_c, tl.sum(dlogit[:, None] * q_g, axis=0),
-                                  mask=pmask)
+                    tl.atomic_add(
+                        dpt_ptr + v * K2 * P2 + j * P2 + offs_c, tl.sum(dlogit[:, None] * q_g, axis=0), mask=pmask
+                    )
                     de += dlogit
                 tl.atomic_add(dqe_ptr + (((bh * G + g) * N + e_idx) * H + y) * Wq + offs_x, de)
             tl.atomic_add(dq_ptr + q_off, dq_acc, mask=cmask[None, :])
@@ -222,8 +328,22 @@ class TritonAttention(torch.autograd.Function):
         dims, grid = _launch_geometry(q, k, ptab, qe)
         out = torch.empty(q.shape[0], dims["C"], dims["V"], dims["H"], dims["Wq"], dtype=q.dtype, device=q.device)
         block_c = triton.next_power_of_2(dims["C"])
-        _forward_kernel[grid](q, k, v, ptab, qe, idx, out, W=width, p_drop=float(p_drop), seed=int(seed),
-                              BLOCK_X=BLOCK_X, BLOCK_C=block_c, DROPOUT=p_drop > 0, **dims)
+        _forward_kernel[grid](
+            q,
+            k,
+            v,
+            ptab,
+            qe,
+            idx,
+            out,
+            W=width,
+            p_drop=float(p_drop),
+            seed=int(seed),
+            BLOCK_X=BLOCK_X,
+            BLOCK_C=block_c,
+            DROPOUT=p_drop > 0,
+            **dims,
+        )
         ctx.save_for_backward(q, k, v, ptab, qe, idx)
         ctx.meta = (width, p_drop, seed)
         return out
@@ -237,9 +357,27 @@ class TritonAttention(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=q.device)
         dq, dk, dv = torch.zeros(q.shape, **f32), torch.zeros(k.shape, **f32), torch.zeros(v.shape, **f32)
         dpt, dqe = torch.zeros(ptab.shape, **f32), torch.zeros(qe.shape, **f32)
-        _backward_kernel[grid](q, k, v, ptab, qe, idx, grad.contiguous(), dq, dk, dv, dpt, dqe, W=width,
-                               p_drop=float(p_drop), seed=int(seed), BLOCK_X=BLOCK_X,
-                               BLOCK_C=triton.next_power_of_2(dims["C"]), DROPOUT=p_drop > 0, **dims)
+        _backward_kernel[grid](
+            q,
+            k,
+            v,
+            ptab,
+            qe,
+            idx,
+            grad.contiguous(),
+            dq,
+            dk,
+            dv,
+            dpt,
+            dqe,
+            W=width,
+            p_drop=float(p_drop),
+            seed=int(seed),
+            BLOCK_X=BLOCK_X,
+            BLOCK_C=triton.next_power_of_2(dims["C"]),
+            DROPOUT=p_drop > 0,
+            **dims,
+        )
         cast = lambda t: t.to(q.dtype)  # noqa: E731
         return cast(dq), cast(dk), cast(dv), cast(dpt), cast(dqe), None, None, None, None
 
@@ -253,8 +391,12 @@ def fused_attention(q, k, v, ptab, qe, idx, patch_size: int, p_drop: float, seed
     r = patch_size // 2
     extra = -width % BLOCK_X
     qp = F.pad(q, (0, extra)).reshape(b * heads, mid, n_in, height, width + extra).contiguous()
-    kp = F.pad(k, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r).contiguous()
-    vp = F.pad(v, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r).contiguous()
+    kp = (
+        F.pad(k, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r).contiguous()
+    )
+    vp = (
+        F.pad(v, (r, r + extra, r, r)).reshape(b * heads, mid, n_in, height + 2 * r, width + extra + 2 * r).contiguous()
+    )
     qe = F.pad(qe, (0, extra)).reshape(b * heads, *qe.shape[2:4], height, width + extra).contiguous()
     out = TritonAttention.apply(qp, kp, vp, ptab.contiguous(), qe, idx, width, p_drop, seeds[0])
     return out[..., :width].reshape(b, heads, mid, -1, height, width)

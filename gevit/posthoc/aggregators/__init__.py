@@ -5,6 +5,7 @@ with the backbone's facts by :func:`complete_aggregator`; in Python, pass a clas
 ``functools.partial`` or an instance to :class:`gevit.posthoc.PostHocInvariant`. The class attributes
 ``level``, ``learned``, ``weighted_views`` and ``summary`` describe each method (see :mod:`.base`).
 """
+
 from gevit.posthoc.aggregators.base import FACTS, LEVELS, Aggregator, complete_aggregator
 from gevit.posthoc.aggregators.equiattention import EquiAttentionAggregator
 from gevit.posthoc.aggregators.equizero import EquizeroAggregator
@@ -20,8 +21,20 @@ from gevit.posthoc.aggregators.transformer_faithful import FaithfulTransformerAg
 from gevit.posthoc.aggregators.tta import TTAAggregator
 
 __all__ = [
-    "FACTS", "LEVELS", "Aggregator", "complete_aggregator",
-    "EquiAttentionAggregator", "EquizeroAggregator", "FaithfulTransformerAggregator", "LambdaAggregator",
-    "MaxAggregator", "MeanAggregator", "MeanProbsAggregator", "MostCertainAggregator", "MostProbableAggregator",
-    "SumAggregator", "TTAAggregator", "TransformerAggregator",
+    "FACTS",
+    "LEVELS",
+    "Aggregator",
+    "complete_aggregator",
+    "EquiAttentionAggregator",
+    "EquizeroAggregator",
+    "FaithfulTransformerAggregator",
+    "LambdaAggregator",
+    "MaxAggregator",
+    "MeanAggregator",
+    "MeanProbsAggregator",
+    "MostCertainAggregator",
+    "MostProbableAggregator",
+    "SumAggregator",
+    "TTAAggregator",
+    "TransformerAggregator",
 ]

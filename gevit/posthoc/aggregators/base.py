@@ -22,6 +22,7 @@ config is therefore a partial (``_partial_: true``) that :func:`complete_aggrega
 facts its constructor names: ``embed_dim`` (D), ``spatial_features`` (whether the backbone has NCHW
 feature maps), ``group`` (the :class:`~gevit.groups.Group`) and ``in_channels`` (of the images).
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """EquiAttention: attention across the views produces the weights of a weighted mean of their features."""
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,24 @@ class EquiAttentionAggregator(Aggregator):
     level = "embedding"
     learned = True
     weighted_views = True
-    summary = {"aggregated": "aligned maps g⁻¹F(gx) on CNNs (`features: auto`), else embeddings",
-               "weights": "column means of softmax(QKᵀ/√d) across views",
-               "normalisation": "softmax over views", "estimator": "backprop",
-               "difference": "Q, K = MLPs of the pooled embedding (the original: per-channel conv on RN50's 7×7 "
-                             "maps, then MLPs), so any map size fits; Q starts at zero (= mean); pooled "
-                             "invariantly (the original fed CLIP's position-dependent attention pool)"}
+    summary = {
+        "aggregated": "aligned maps g⁻¹F(gx) on CNNs (`features: auto`), else embeddings",
+        "weights": "column means of softmax(QKᵀ/√d) across views",
+        "normalisation": "softmax over views",
+        "estimator": "backprop",
+        "difference": "Q, K = MLPs of the pooled embedding (the original: per-channel conv on RN50's 7×7 "
+        "maps, then MLPs), so any map size fits; Q starts at zero (= mean); pooled "
+        "invariantly (the original fed CLIP's position-dependent attention pool)",
+    }
 
-    def __init__(self, embed_dim: int, hidden_dim: int = 128, attn_dim: int = 128, features: str = "auto",
-                 spatial_features: bool = False):
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int = 128,
+        attn_dim: int = 128,
+        features: str = "auto",
+        spatial_features: bool = False,
+    ):
         super().__init__()
         self.level = resolve_level("equiattention", features, spatial_features)
         self.query = _mlp(embed_dim, hidden_dim, attn_dim)

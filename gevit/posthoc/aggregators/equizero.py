@@ -1,4 +1,5 @@
 """equizero: the logits of the view that minimises a proxy loss, with a straight-through gradient."""
+
 from __future__ import annotations
 
 import torch
@@ -24,11 +25,15 @@ class EquizeroAggregator(Aggregator):
     """
 
     level = "logits"
-    summary = {"aggregated": "logits", "weights": "one-hot: argmin_g of a proxy loss", "normalisation": "–",
-               "estimator": "straight-through the mean of the views",
-               "difference": "proxy `entropy` by default (EquiClassification's `--use_entropy`); its other "
-                             "path took argmin of the max probability, the *least* confident view; EquiCLIP's "
-                             "code took the class-wise max over the group (= `most_certain`)"}
+    summary = {
+        "aggregated": "logits",
+        "weights": "one-hot: argmin_g of a proxy loss",
+        "normalisation": "–",
+        "estimator": "straight-through the mean of the views",
+        "difference": "proxy `entropy` by default (EquiClassification's `--use_entropy`); its other "
+        "path took argmin of the max probability, the *least* confident view; EquiCLIP's "
+        "code took the class-wise max over the group (= `most_certain`)",
+    }
 
     def __init__(self, proxy: str = "entropy"):
         super().__init__()

@@ -1,4 +1,5 @@
 """λ-equitune: a weighted mean of the views with learned, positive, normalised weights."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -37,16 +38,25 @@ class LambdaAggregator(Aggregator):
     learned = True
     weighted_views = True
     display_name = "lambda"
-    summary = {"aggregated": "embeddings (`features: spatial`: aligned maps g⁻¹F(gx))",
-               "weights": "λ(gx) = score MLP D→128→1 (GELU) of the view's embedding",
-               "normalisation": "softmax over views (or softplus + ε, / Σ)",
-               "estimator": "backprop",
-               "difference": "weights positive and normalised (the original could divide by ≈0, Basu's did "
-                             "not normalise); scored from the view's embedding, not a frozen CLIP copy "
-                             "(Basu) or a per-channel conv on 7×7 maps (write-up 003), so any backbone fits"}
+    summary = {
+        "aggregated": "embeddings (`features: spatial`: aligned maps g⁻¹F(gx))",
+        "weights": "λ(gx) = score MLP D→128→1 (GELU) of the view's embedding",
+        "normalisation": "softmax over views (or softplus + ε, / Σ)",
+        "estimator": "backprop",
+        "difference": "weights positive and normalised (the original could divide by ≈0, Basu's did "
+        "not normalise); scored from the view's embedding, not a frozen CLIP copy "
+        "(Basu) or a per-channel conv on 7×7 maps (write-up 003), so any backbone fits",
+    }
 
-    def __init__(self, embed_dim: int, hidden_dim: int = 128, normalization: str = "softmax", eps: float = 1e-6,
-                 features: str = "embedding", spatial_features: bool = False):
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int = 128,
+        normalization: str = "softmax",
+        eps: float = 1e-6,
+        features: str = "embedding",
+        spatial_features: bool = False,
+    ):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")

@@ -1,4 +1,5 @@
 """Element-wise maximum of the view embeddings."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,13 @@ class MaxAggregator(Aggregator):
     """
 
     level = "embedding"
-    summary = {"aggregated": "embeddings", "weights": "element-wise max", "normalisation": "–",
-               "estimator": "gradient to the maximal view per dimension", "difference": "same as the original (Max)"}
+    summary = {
+        "aggregated": "embeddings",
+        "weights": "element-wise max",
+        "normalisation": "–",
+        "estimator": "gradient to the maximal view per dimension",
+        "difference": "same as the original (Max)",
+    }
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.amax(dim=1)

@@ -1,4 +1,5 @@
 """Mean of the view embeddings (equitune)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,13 @@ class MeanAggregator(Aggregator):
     """
 
     level = "embedding"
-    summary = {"aggregated": "embeddings", "weights": "uniform 1/|G|", "normalisation": "–", "estimator": "–",
-               "difference": "same as the original (Mean, equitune)"}
+    summary = {
+        "aggregated": "embeddings",
+        "weights": "uniform 1/|G|",
+        "normalisation": "–",
+        "estimator": "–",
+        "difference": "same as the original (Mean, equitune)",
+    }
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.mean(dim=1)

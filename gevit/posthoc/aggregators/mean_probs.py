@@ -1,4 +1,5 @@
 """Mean of the per-view class probabilities."""
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,14 @@ class MeanProbsAggregator(Aggregator):
     """
 
     level = "logits"
-    summary = {"aggregated": "probabilities", "weights": "uniform 1/|G|", "normalisation": "softmax per view",
-               "estimator": "–", "difference": "not in the originals (their TTA averages logits: `tta`); "
-                                                 "kept as the probabilistic variant, in log space"}
+    summary = {
+        "aggregated": "probabilities",
+        "weights": "uniform 1/|G|",
+        "normalisation": "softmax per view",
+        "estimator": "–",
+        "difference": "not in the originals (their TTA averages logits: `tta`); "
+        "kept as the probabilistic variant, in log space",
+    }
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(logits.log_softmax(dim=-1), dim=1) - math.log(logits.shape[1])

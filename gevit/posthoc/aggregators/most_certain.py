@@ -1,4 +1,5 @@
 """The logits of the most confident view."""
+
 from __future__ import annotations
 
 import torch
@@ -19,9 +20,13 @@ class MostCertainAggregator(Aggregator):
     """
 
     level = "logits"
-    summary = {"aggregated": "logits", "weights": "one-hot: argmax_g p_k(gx) per class", "normalisation": "–",
-               "estimator": "gradient to the selected views", "difference": "same as the original code "
-               "(`per_class: true`); `false` is the blog's single most confident view"}
+    summary = {
+        "aggregated": "logits",
+        "weights": "one-hot: argmax_g p_k(gx) per class",
+        "normalisation": "–",
+        "estimator": "gradient to the selected views",
+        "difference": "same as the original code (`per_class: true`); `false` is the blog's single most confident view",
+    }
 
     def __init__(self, per_class: bool = True):
         super().__init__()

@@ -1,4 +1,5 @@
 """The class with the highest product of per-view probabilities."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -23,10 +24,14 @@ class MostProbableAggregator(Aggregator):
     """
 
     level = "logits"
-    summary = {"aggregated": "log-probabilities", "weights": "uniform (product of probabilities)",
-               "normalisation": "softmax(z/T) per view, T = |G|//2", "estimator": "–",
-               "difference": "log space instead of a product and a log-odds read-out, which underflowed and "
-                             "collapsed the original's fine-tuned runs; same predictions"}
+    summary = {
+        "aggregated": "log-probabilities",
+        "weights": "uniform (product of probabilities)",
+        "normalisation": "softmax(z/T) per view, T = |G|//2",
+        "estimator": "–",
+        "difference": "log space instead of a product and a log-odds read-out, which underflowed and "
+        "collapsed the original's fine-tuned runs; same predictions",
+    }
 
     def __init__(self, temperature: Optional[float] = None, group: Optional[Group] = None):
         super().__init__()

@@ -1,4 +1,5 @@
 """Sum of the view embeddings."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,13 @@ class SumAggregator(Aggregator):
     """
 
     level = "embedding"
-    summary = {"aggregated": "embeddings", "weights": "1", "normalisation": "none (= mean behind a LayerNorm head)",
-               "estimator": "–", "difference": "same as the original (Sum)"}
+    summary = {
+        "aggregated": "embeddings",
+        "weights": "1",
+        "normalisation": "none (= mean behind a LayerNorm head)",
+        "estimator": "–",
+        "difference": "same as the original (Sum)",
+    }
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.sum(dim=1)

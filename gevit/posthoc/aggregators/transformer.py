@@ -1,4 +1,5 @@
 """A permutation-invariant transformer over the view embeddings, read out through a class token."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -26,22 +27,34 @@ class TransformerAggregator(Aggregator):
 
     level = "embedding"
     learned = True
-    summary = {"aggregated": "embeddings", "weights": "class-token self-attention over the views",
-               "normalisation": "softmax attention; pre-norm layers + final LayerNorm", "estimator": "backprop",
-               "difference": "not the original's blocks (`transformer_faithful` is): pre-norm encoder layers with "
-                             "a GELU MLP, a zero-initialised projection added to the mean, so it starts as "
-                             "`mean` (safe to train from a zero-shot start); on par with the faithful blocks "
-                             "in our one-seed run (docs)"}
+    summary = {
+        "aggregated": "embeddings",
+        "weights": "class-token self-attention over the views",
+        "normalisation": "softmax attention; pre-norm layers + final LayerNorm",
+        "estimator": "backprop",
+        "difference": "not the original's blocks (`transformer_faithful` is): pre-norm encoder layers with "
+        "a GELU MLP, a zero-initialised projection added to the mean, so it starts as "
+        "`mean` (safe to train from a zero-shot start); on par with the faithful blocks "
+        "in our one-seed run (docs)",
+    }
 
-    def __init__(self, embed_dim: int, width: Optional[int] = None, depth: int = 2, num_heads: int = 4,
-                 mlp_hidden_dim: int = 128, dropout: float = 0.1):
+    def __init__(
+        self,
+        embed_dim: int,
+        width: Optional[int] = None,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_hidden_dim: int = 128,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         width = width or embed_dim
         self.project_in = nn.Linear(embed_dim, width) if width != embed_dim else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        layer = nn.TransformerEncoderLayer(width, num_heads, mlp_hidden_dim, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, num_heads, mlp_hidden_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.project_out = nn.Linear(width, embed_dim)

@@ -1,4 +1,5 @@
 """The original post-hoc code's LearnedAggregation: attention-only blocks over the views, class-token read-out."""
+
 from __future__ import annotations
 
 import torch
@@ -39,17 +40,22 @@ class FaithfulTransformerAggregator(Aggregator):
 
     level = "embedding"
     learned = True
-    summary = {"aggregated": "embeddings", "weights": "class-token attention (attention-only blocks)",
-               "normalisation": "LayerNorm → MHA → +res → LayerNorm → ReLU → MHA → +res",
-               "estimator": "backprop",
-               "difference": "the original's architecture (class token N(0,1), output = class token); "
-                             "same group as the other rows (the original used 8 D4 views everywhere)"}
+    summary = {
+        "aggregated": "embeddings",
+        "weights": "class-token attention (attention-only blocks)",
+        "normalisation": "LayerNorm → MHA → +res → LayerNorm → ReLU → MHA → +res",
+        "estimator": "backprop",
+        "difference": "the original's architecture (class token N(0,1), output = class token); "
+        "same group as the other rows (the original used 8 D4 views everywhere)",
+    }
 
     def __init__(self, embed_dim: int, depth: int = 2, num_heads: int = 4):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"transformer_faithful needs num_heads to divide the embedding size {embed_dim}, "
-                             f"got num_heads={num_heads}")
+            raise ValueError(
+                f"transformer_faithful needs num_heads to divide the embedding size {embed_dim}, "
+                f"got num_heads={num_heads}"
+            )
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
         self.blocks = nn.Sequential(*(FaithfulAttentionBlock(embed_dim, num_heads) for _ in range(depth)))
 

@@ -1,4 +1,5 @@
 """Test-time augmentation as published: the mean of the per-view logits."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,13 @@ class TTAAggregator(Aggregator):
 
     level = "logits"
     display_name = "tta"
-    summary = {"aggregated": "logits", "weights": "uniform 1/|G|", "normalisation": "–", "estimator": "–",
-               "difference": "same as the original (NormalMeanPool); the published rows used D4 views"}
+    summary = {
+        "aggregated": "logits",
+        "weights": "uniform 1/|G|",
+        "normalisation": "–",
+        "estimator": "–",
+        "difference": "same as the original (NormalMeanPool); the published rows used D4 views",
+    }
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.mean(dim=1)
