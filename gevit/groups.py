@@ -229,7 +229,7 @@ class Group:
     def gspace(self):
         """The escnn gspace whose fibre group is this group acting on the plane: C_n -> ``rot2dOnR2(n)``,
         D_n -> ``flipRot2dOnR2(n)`` (z2, mz2: n = 1). escnn's regular fields order their channels as the
-        elements here, and its mirror is this module's (``tests/test_groups.py``)."""
+        elements here, and its mirror is this module's (``tests/gevit/test_groups.py``)."""
         from escnn import gspaces  # escnn is imported only by the models that need it
 
         if self.mirror:

@@ -376,7 +376,7 @@ class EqCvT(nn.Module):
     ones: 32 channels, depth 2, 3 heads of 64, MLP 64, key/value stride 2, dropout 0.1, head 32 -> 64 -> K).
 
     ``invariant=True`` (default): exactly invariant logits under the group (``torch.rot90``; for p4m also
-    ``torch.flip``) at any image size, proven by ``tests/test_eqcvt.py`` at 28, 96 and 129; 62,122 parameters
+    ``torch.flip``) at any image size, proven by ``tests/gevit/test_eqcvt.py`` at 28, 96 and 129; 62,122 parameters
     at 129x129x1 / 2 classes. ``invariant=False``: the published architecture, 64,810 parameters, whose
     invariance is only approximate. See the module docstring for what the two differ in.
     """
