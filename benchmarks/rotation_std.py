@@ -45,14 +45,9 @@ def build_model(cfg, ckpt):
 
     if ckpt is None:
         return hydra.utils.instantiate(cfg.model)
-    from runkit.checkpoints import load_checkpoint
+    from runkit.checkpoints import load_run
 
-    checkpoint = load_checkpoint(ckpt)  # weights_only: a crafted file is refused, a corrupt one named
-    if "gevit_model_config" not in checkpoint:
-        raise ValueError(f"{ckpt} holds no gevit_model_config; it was not written by train.py")
-    model = hydra.utils.instantiate(checkpoint["gevit_model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
+    return load_run(ckpt).module  # weights_only; old checkpoints' configs translated (runkit.legacy)
 
 
 def load_images(cfg, source, count, seed):

@@ -38,8 +38,10 @@ def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
     import hydra
     from omegaconf import OmegaConf
 
+    from runkit.legacy import upgrade_checkpoint_config
+
     checkpoint = read_framework_checkpoint(ckpt_path)
-    config = checkpoint.get("gevit_model_config") or {}
+    config = upgrade_checkpoint_config(checkpoint.get("gevit_model_config"), ckpt_path) or {}
     if not isinstance(config.get("net"), dict) or "_target_" not in config["net"]:
         raise ValueError(
             f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "

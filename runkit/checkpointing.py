@@ -163,7 +163,9 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(str(self.path))
+        # the full state (optimizer, loops, callbacks) is what exact resume needs; explicit, so Lightning's
+        # per-epoch "weights_only was not set" log line stays out of the run's output
+        trainer.save_checkpoint(str(self.path), weights_only=False)
         self._saved_epochs = self._finished_epochs(trainer)
         if trainer.is_global_zero:
             log.debug("wrote %s (epoch %d, step %d)", self.path, trainer.current_epoch, trainer.global_step)

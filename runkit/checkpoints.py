@@ -148,8 +148,11 @@ def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
 
 
 def stored_config(checkpoint: dict, path: str | Path) -> dict:
-    """The model config stored in a checkpoint (a dict with a ``_target_``)."""
-    config = checkpoint.get(CONFIG_KEY)
+    """The model config stored in a checkpoint (a dict with a ``_target_``), in today's form when an earlier
+    version wrote it (:mod:`runkit.legacy`)."""
+    from runkit.legacy import upgrade_checkpoint_config
+
+    config = upgrade_checkpoint_config(checkpoint.get(CONFIG_KEY), path)
     if not isinstance(config, dict) or "_target_" not in config:
         raise CheckpointError(
             f"{path} stores no model config ({CONFIG_KEY} with a _target_); only checkpoints "

@@ -300,10 +300,13 @@ def describe_model(run_cfg: dict) -> str:
 
 def stored_run_config(checkpoint: dict) -> Optional[dict]:
     from runkit.checkpointing import RUN_CONFIG_KEY
+    from runkit.legacy import upgrade_model_config
 
     stored = checkpoint.get(RUN_CONFIG_KEY)
     if stored is None and checkpoint.get("gevit_model_config") is not None:  # older checkpoints: model only
         stored = {"model": checkpoint["gevit_model_config"]}
+    if stored and isinstance(stored.get("model"), dict):  # configs of earlier versions in today's form
+        stored = {**stored, "model": upgrade_model_config(stored["model"])[0]}
     return stored
 
 
@@ -339,6 +342,16 @@ def check_eval_checkpoint(path: str, stored: Optional[dict], current: dict) -> N
         for d in config_differences(stored, current, ["model"])
         if not d[0].startswith(("model.optimizer", "model.scheduler", "model.label_smoothing"))
     ]
+    # An option the checkpoint's config does not hold did not exist when it was written (an earlier
+    # version): the weights still load strictly, so only say which options it is evaluated with.
+    newer = [d for d in diffs if d[1] is _MISSING]
+    if newer:
+        log.warning(
+            "checkpoint %s predates the options %s; evaluating it with today's values",
+            path,
+            ", ".join(f"{k}={_show(b)}" for k, _, b in newer),
+        )
+    diffs = [d for d in diffs if d[1] is not _MISSING]
     if diffs:
         overrides = " ".join(f"{k}={_show(a)}" for k, a, _ in diffs if a is not _MISSING)
         raise CheckpointMismatchError(
