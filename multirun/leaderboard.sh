@@ -9,7 +9,7 @@
 #   cvt            model=cvt with the main job's schedule (Adam 2e-3, warm-up + cosine)     15 epochs
 #   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         15 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  15 epochs
-#   hybrid_p4, hybrid_p4m  model=hybrid (8x slower per image than EqCvT)                     5 epochs
+#   hybrid_p4, hybrid_p4m  model=hybrid (8x slower per image than EqCvT)                     HYBRID_EPOCHS (5)
 #   gevit          experiment=gevit_rotmnist_mini (p4, 4,208 parameters)                    GEVIT_EPOCHS (3)
 #   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (3)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
@@ -21,11 +21,16 @@
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
+#   LEADERBOARD_DIR=logs/leaderboard/main bash multirun/leaderboard.sh   # fill (or resume) a table in that folder
+# Runs go seed by seed (seed 0 of every family, then seed 1, ...) into <folder>/<family>/seed<N>. A run whose
+# metrics.json says completed is skipped and a killed one resumes from its last.ckpt, so the same command
+# finishes an interrupted table; FAMILIES/SEEDS pick what to run now, the table counts every completed run.
 # Further arguments go to every train.py call (e.g. trainer=gpu).
 source "$(dirname "$0")/lib.sh" "$@"
 TASK=leaderboard
 GRID_SEEDS="${SEEDS:-0,1,2}"
 GEVIT_EPOCHS="${GEVIT_EPOCHS:-3}"
+HYBRID_EPOCHS="${HYBRID_EPOCHS:-5}"
 ZERO_SHOT="${POSTHOC_ZERO_SHOT:-mean}"
 LEARNED="${POSTHOC_LEARNED:-lambda}"
 ALL=vit,cvt,eqcvt,eqcvt_published,hybrid_p4,hybrid_p4m,gevit,gsanet,posthoc_c4_zero_shot,posthoc_c16_zero_shot
@@ -42,76 +47,75 @@ if $SMOKE; then
     GRID_SEEDS="${SEEDS:-0}"
     COMMON=("${SMOKE_DATA[@]}")
 fi
-SWEEP_DIR=$(new_sweep_dir "$TASK")
+SWEEP_DIR="${LEADERBOARD_DIR:-$(new_sweep_dir "$TASK")}"
 wanted() { [[ ",$FAMILIES," == *",$1,"* ]]; }
 tiny() { if $SMOKE; then echo "$@"; fi; }
-# One family: a seed sweep into $SWEEP_DIR/<family>/<job>; in smoke mode the last settings (epochs) give way.
+completed() { [[ -f "$1/metrics.json" ]] && grep -q '"status": "completed"' "$1/metrics.json"; }
+# One run of a family: $SWEEP_DIR/<family>/seed<SEED>, skipped when it completed before.
 family() {
     local name="$1"; shift
-    if wanted "$name"; then
-        "$PY" train.py -m "$@" "${COMMON[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR/$name" \
-            seed="$GRID_SEEDS" "${ARGS[@]}"
-    fi
+    wanted "$name" || return 0
+    local dir="$SWEEP_DIR/$name/seed$SEED"
+    if completed "$dir"; then echo "leaderboard: $name seed $SEED completed before, kept" >&2; return 0; fi
+    "$PY" train.py "$@" "${COMMON[@]}" task_name="$TASK" hydra.run.dir="$dir" seed="$SEED" "${ARGS[@]}"
 }
-# shellcheck disable=SC2046
-family vit model=vit trainer.max_epochs=10 $(tiny "${TINY_VIT[@]}")
-# shellcheck disable=SC2046
-family upright_vit model=vit data.variant=upright_train trainer.max_epochs=10 $(tiny "${TINY_VIT[@]}")
-SCHEDULE=("model.scheduler={_target_: lightning_modules.schedulers.linear_warmup_cosine, _partial_: true, warmup_fraction: 0.1}"
-          model.scheduler_interval=step model.optimizer.lr=0.002 data.batch_size=64)
-# shellcheck disable=SC2046
-family cvt model=cvt "${SCHEDULE[@]}" trainer.max_epochs=15 $(tiny "${TINY_VIT[@]}")
-# shellcheck disable=SC2046
-family eqcvt model=eqcvt $(tiny "${TINY_VIT[@]}")
-# shellcheck disable=SC2046
-family eqcvt_published model=eqcvt model.net.invariant=false $(tiny "${TINY_VIT[@]}")
-# shellcheck disable=SC2046
-family hybrid_p4 model=hybrid model.net.group=p4 trainer.max_epochs=5 $(tiny "${TINY_HYBRID[@]}")
-# shellcheck disable=SC2046
-family hybrid_p4m model=hybrid model.net.group=p4m trainer.max_epochs=5 $(tiny "${TINY_HYBRID[@]}")
-# shellcheck disable=SC2046
-family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
-# shellcheck disable=SC2046
-family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
-    $(tiny "${TINY_GEVIT[@]}")
-
-# Post-hoc wrappers: one run per seed on the checkpoint of that seed's ViT (stage 1 above).
+# A post-hoc wrapper of the same seed's stage-1 run (its checkpoint selected on validation).
 posthoc() {
     local name="$1" stage1="$2"; shift 2
     wanted "$name" || return 0
-    local seed job=0
-    for seed in ${GRID_SEEDS//,/ }; do
-        local ckpt
-        ckpt=$(ls "$SWEEP_DIR/$stage1"/*/checkpoints/best-*.ckpt 2>/dev/null \
-               | while read -r c; do d=$(dirname "$(dirname "$c")"); \
-                   grep -q "^seed: $seed\$" "$d/config_resolved.yaml" && echo "$c"; done | head -n 1)
-        if [[ -z "$ckpt" ]]; then
-            echo "leaderboard: $name needs the $stage1 run of seed $seed (FAMILIES must include $stage1)" >&2
-            exit 1
-        fi
-        # the experiment's coarse curve (every 30 degrees, 300 images) replaced by the default one (15, 2,000)
-        "$PY" train.py experiment=posthoc_rotmnist_mini model.backbone.ckpt_path="$ckpt" \
-            callbacks.rotation_robustness.step_deg=15 callbacks.rotation_robustness.max_samples=2000 "$@" "${COMMON[@]}" \
-            task_name="$TASK" hydra.run.dir="$SWEEP_DIR/$name/$job" seed="$seed" "${ARGS[@]}"
-        job=$((job + 1))
-    done
+    local ckpt
+    ckpt=$(ls "$SWEEP_DIR/$stage1/seed$SEED"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
+    if [[ -z "$ckpt" ]]; then
+        echo "leaderboard: $name needs the $stage1 run of seed $SEED (FAMILIES must include $stage1)" >&2
+        exit 1
+    fi
+    # the experiment's coarse curve (every 30 degrees, 300 images) replaced by the default one (15, 2,000)
+    family "$name" experiment=posthoc_rotmnist_mini model.backbone.ckpt_path="$ckpt" \
+        callbacks.rotation_robustness.step_deg=15 callbacks.rotation_robustness.max_samples=2000 "$@"
 }
-for prefix in posthoc upright; do
-    stage1=vit; variant=(data.variant=rotated)
-    if [[ $prefix == upright ]]; then stage1=upright_vit; variant=(data.variant=upright_train); fi
-    for group in c4 c16; do
-        posthoc "${prefix}_${group}_zero_shot" "$stage1" "${variant[@]}" model.group="$group" \
-            model/aggregator="$ZERO_SHOT" model.regime=zero_shot
-        posthoc "${prefix}_${group}_aggregator_only" "$stage1" "${variant[@]}" model.group="$group" \
-            model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs=5
+SCHEDULE=("model.scheduler={_target_: lightning_modules.schedulers.linear_warmup_cosine, _partial_: true, warmup_fraction: 0.1}"
+          model.scheduler_interval=step model.optimizer.lr=0.002 data.batch_size=64)
+one_seed() {
+    # shellcheck disable=SC2046
+    family vit model=vit trainer.max_epochs=10 $(tiny "${TINY_VIT[@]}")
+    # shellcheck disable=SC2046
+    family upright_vit model=vit data.variant=upright_train trainer.max_epochs=10 $(tiny "${TINY_VIT[@]}")
+    # shellcheck disable=SC2046
+    family cvt model=cvt "${SCHEDULE[@]}" trainer.max_epochs=15 $(tiny "${TINY_VIT[@]}")
+    # shellcheck disable=SC2046
+    family eqcvt model=eqcvt $(tiny "${TINY_VIT[@]}")
+    # shellcheck disable=SC2046
+    family eqcvt_published model=eqcvt model.net.invariant=false $(tiny "${TINY_VIT[@]}")
+    local prefix group stage1 variant
+    for prefix in posthoc upright; do
+        stage1=vit; variant=(data.variant=rotated)
+        if [[ $prefix == upright ]]; then stage1=upright_vit; variant=(data.variant=upright_train); fi
+        for group in c4 c16; do
+            posthoc "${prefix}_${group}_zero_shot" "$stage1" "${variant[@]}" model.group="$group" \
+                model/aggregator="$ZERO_SHOT" model.regime=zero_shot
+            posthoc "${prefix}_${group}_aggregator_only" "$stage1" "${variant[@]}" model.group="$group" \
+                model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs=5
+        done
     done
+    posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization \
+        model.regime=aggregator_only trainer.max_epochs=5
+    # shellcheck disable=SC2046
+    family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
+    # shellcheck disable=SC2046
+    family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
+        $(tiny "${TINY_GEVIT[@]}")
+    # shellcheck disable=SC2046
+    family hybrid_p4 model=hybrid model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    # shellcheck disable=SC2046
+    family hybrid_p4m model=hybrid model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+}
+for SEED in ${GRID_SEEDS//,/ }; do
+    one_seed
 done
-posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization \
-    model.regime=aggregator_only trainer.max_epochs=5
 
 OUT=(--out docs/leaderboard.md --figure docs/leaderboard.png)
 if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
 "$PY" scripts/leaderboard.py "$SWEEP_DIR" "${OUT[@]}" \
-    --command "bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Estimated/p' "$0")"
+    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --command "bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Estimated/p' "$0")"

@@ -3,7 +3,8 @@
     python scripts/leaderboard.py SWEEP_DIR [--out docs/leaderboard.md] [--figure docs/leaderboard.png]
 
 SWEEP_DIR holds one folder per family (its name is the row), each with one job folder per seed holding the
-metrics.json that train.py writes. Only completed runs count; a family's cell says how many ran, e.g. (3/3).
+metrics.json that train.py writes. Only completed runs count; a family's cell says how many completed out of
+the planned ``--seeds`` (or of the runs present), e.g. (3/3), or (1/3) for a table still being filled.
 Columns: test accuracy mean ± std over seeds, rot90 invariance error (test/invariance_error_rot90, mean),
 accuracy at 45 degrees (from rotation_robustness), parameters (model/params), train images/s
 (train/images_per_s, mean) and wall time per run (duration_s, mean). The figure draws each family's
@@ -57,11 +58,12 @@ def accuracy_at(run: dict, angle: float) -> Optional[float]:
     return None
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], seeds: int = 0) -> dict:
+    """One row's numbers; ``runs`` reads completed/planned (planned: ``seeds``, or the runs present if more)."""
     done = [r for r in runs if r.get("status") == "completed" and r.get("test/acc") is not None]
     accs = [100 * float(r["test/acc"]) for r in done]
     return {
-        "runs": f"{len(done)}/{len(runs)}",
+        "runs": f"{len(done)}/{max(seeds, len(runs))}",
         "acc_mean": statistics.fmean(accs) if accs else None,
         "acc_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
         "invariance_error": _mean([r.get("test/invariance_error_rot90") for r in done]),
@@ -77,7 +79,12 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def markdown(
-    families: dict[str, list[dict]], command: str, machine: str, budgets: str = "", figure: Optional[str] = None
+    families: dict[str, list[dict]],
+    command: str,
+    machine: str,
+    budgets: str = "",
+    figure: Optional[str] = None,
+    seeds: int = 0,
 ) -> str:
     lines = [
         "# Leaderboard on the embedded RotMNIST-mini",
@@ -97,7 +104,7 @@ def markdown(
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in families.items():
-        s = summarise(runs)
+        s = summarise(runs, seeds)
         acc = "–" if s["acc_mean"] is None else f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
         wall = None if s["wall_s"] is None else s["wall_s"] / 60
         lines.append(
@@ -151,6 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--command", default="bash multirun/leaderboard.sh")
     parser.add_argument("--machine", default=None, help="default: described from this machine")
     parser.add_argument("--budgets", default="", help="text block quoted under the header")
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="runs planned per family (the 'runs' column: done/planned)"
+    )
     args = parser.parse_args(argv)
 
     families = collect(args.sweep_dir)
@@ -163,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
         plot_rotation_robustness(curves, figure, title="Accuracy under rotation, every family (mean over seeds)")
     relative = os.path.relpath(figure, out.parent) if curves else None
-    text = markdown(families, args.command, args.machine or machine_description(), args.budgets, relative)
+    text = markdown(families, args.command, args.machine or machine_description(), args.budgets, relative, args.seeds)
     out.write_text(text)
     print(text)
     return text

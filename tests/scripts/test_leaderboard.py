@@ -1,5 +1,6 @@
 """multirun/leaderboard.sh and scripts/leaderboard.py: the table from synthetic metrics.json files, and a
-two-family slice of the smoke run (a tiny ViT and its zero-shot C4 wrapper: the two-stage pattern)."""
+two-family slice of the smoke run (a tiny ViT and its zero-shot C4 wrapper: the two-stage pattern), rerun
+in the same folder to show that completed runs are kept."""
 
 from __future__ import annotations
 
@@ -62,24 +63,34 @@ def test_empty_sweep_is_a_clear_error(tmp_path):
         leaderboard.main([str(tmp_path)])
 
 
-def test_smoke_slice_trains_a_family_and_wraps_it(tmp_path):
+def test_smoke_slice_trains_a_family_and_wraps_it_and_a_rerun_keeps_what_completed(tmp_path):
+    folder = tmp_path / "board"
     env = {
         **os.environ,
         "WANDB_MODE": "disabled",
         "CUDA_VISIBLE_DEVICES": "",
-        "GEVIT_LOG_DIR": str(tmp_path),
+        "LEADERBOARD_DIR": str(folder),
         "PYTHON": sys.executable,
         "FAMILIES": "vit,posthoc_c4_zero_shot",
     }
-    done = subprocess.run(
-        ["bash", "multirun/leaderboard.sh", "smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
-    )
+    command = ["bash", "multirun/leaderboard.sh", "smoke"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
-    (table,) = tmp_path.glob("leaderboard_smoke/multiruns/*/results.md")
+    table = folder / "results.md"
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| vit", "| posthoc_c4_zero_shot"]
     assert all("(1/1)" in row for row in rows)
-    assert (table.parent / "leaderboard.png").is_file()
+    assert (folder / "leaderboard.png").is_file()
+    assert sorted(p.parent.relative_to(folder).as_posix() for p in folder.rglob("metrics.json")) == [
+        "posthoc_c4_zero_shot/seed0",
+        "vit/seed0",
+    ]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("metrics.json")}
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("completed before, kept") == 2
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("metrics.json")} == before
     assert (
         not (REPO / "docs" / "leaderboard.md").exists() or "smoke" not in (REPO / "docs" / "leaderboard.md").read_text()
     )
