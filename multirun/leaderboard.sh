@@ -7,15 +7,16 @@
 # Budget per family (epochs on the 6,000 training digits; optimiser/schedule as in each config):
 #   vit            model=vit, the old quick start                                           10 epochs
 #   cvt            model=cvt with the main job's schedule (Adam 2e-3, warm-up + cosine)     15 epochs
-#   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         15 epochs
-#   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  15 epochs
+#   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
+#   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs
 #   hybrid_p4, hybrid_p4m  model=hybrid (8x slower per image than EqCvT)                     HYBRID_EPOCHS (5)
 #   gevit          experiment=gevit_rotmnist_mini (p4, 4,208 parameters)                    GEVIT_EPOCHS (3)
 #   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (3)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
-#                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  5 epochs
+#                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  POSTHOC_EPOCHS (5)
 #   upright_*      MNIST -> rotated (data.variant=upright_train: train/val upright, test rotated): a ViT
-#                  (10 epochs), its post-hoc wrappers as above and canonicalization (aggregator_only, 5 epochs)
+#                  (10 epochs), its post-hoc wrappers as above and canonicalization (aggregator_only,
+#                  POSTHOC_EPOCHS)
 # Estimated time of the full run (3 seeds) on 2 CPU cores: about 6-7 hours quiet (ViT ~4 min, EqCvT ~5 min,
 # CvT ~3 min, hybrid ~40 min, GE-ViT/GSA-Nets ~10 min, post-hoc ~2-5 min per run); on a GPU well under 1 hour.
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
@@ -27,10 +28,16 @@
 # finishes an interrupted table; FAMILIES/SEEDS pick what to run now, the table counts every completed run.
 # Further arguments go to every train.py call (e.g. trainer=gpu).
 source "$(dirname "$0")/lib.sh" "$@"
+# the command as run, with the budget variables that were set (the table says what it measured)
+SETTINGS=""
+for var in SEEDS GEVIT_EPOCHS HYBRID_EPOCHS POSTHOC_EPOCHS POSTHOC_ZERO_SHOT POSTHOC_LEARNED; do
+    if [[ -n "${!var:-}" ]]; then SETTINGS+="$var=${!var} "; fi
+done
 TASK=leaderboard
 GRID_SEEDS="${SEEDS:-0,1,2}"
 GEVIT_EPOCHS="${GEVIT_EPOCHS:-3}"
 HYBRID_EPOCHS="${HYBRID_EPOCHS:-5}"
+POSTHOC_EPOCHS="${POSTHOC_EPOCHS:-5}"
 ZERO_SHOT="${POSTHOC_ZERO_SHOT:-mean}"
 LEARNED="${POSTHOC_LEARNED:-lambda}"
 ALL=vit,cvt,eqcvt,eqcvt_published,hybrid_p4,hybrid_p4m,gevit,gsanet,posthoc_c4_zero_shot,posthoc_c16_zero_shot
@@ -94,11 +101,11 @@ one_seed() {
             posthoc "${prefix}_${group}_zero_shot" "$stage1" "${variant[@]}" model.group="$group" \
                 model/aggregator="$ZERO_SHOT" model.regime=zero_shot
             posthoc "${prefix}_${group}_aggregator_only" "$stage1" "${variant[@]}" model.group="$group" \
-                model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs=5
+                model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
         done
     done
     posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization \
-        model.regime=aggregator_only trainer.max_epochs=5
+        model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
     # shellcheck disable=SC2046
     family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
     # shellcheck disable=SC2046
@@ -118,4 +125,4 @@ if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
 "$PY" scripts/leaderboard.py "$SWEEP_DIR" "${OUT[@]}" \
-    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --command "bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Estimated/p' "$0")"
+    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Estimated/p' "$0")"

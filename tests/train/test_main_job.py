@@ -21,7 +21,7 @@ def test_default_is_the_exactly_invariant_eqcvt_recipe(tmp_path):
     cfg = compose_config([], tmp_path)
     assert cfg.model.net._target_ == "gevit.models.EqCvT" and cfg.model.net.invariant is True
     assert cfg.model.net.group == "p4" and cfg.model.net.regular_fields == 16
-    assert (cfg.data.augmentation, cfg.data.batch_size, cfg.trainer.max_epochs) == ("rotation", 64, 15)
+    assert (cfg.data.augmentation, cfg.data.batch_size, cfg.trainer.max_epochs) == ("rotation", 64, 25)
     assert cfg.model.scheduler.warmup_fraction == 0.1 and cfg.model.scheduler_interval == "step"
     assert cfg.callbacks.rotation_robustness.label.startswith("EqCvT")
     net = instantiate(cfg.model.net).eval()
