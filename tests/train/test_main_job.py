@@ -79,3 +79,11 @@ def test_three_line_summary():
         "rot90 invariance error:  9.60e-07",
     ]
     assert run_summary({"test/acc": 0.5})[0].endswith("n/a")
+
+
+def test_the_main_job_draws_the_committed_vit_curve_beside_its_own(tmp_path):
+    cfg = compose_config([], tmp_path)
+    callback = instantiate(cfg.callbacks.rotation_robustness)
+    assert callback.label.startswith("EqCvT") and callback.reference_label.startswith("plain ViT")
+    assert callback.reference["angles"] == [float(a) for a in range(0, 360, 15)]
+    assert 0.2 < min(callback.reference["accuracy"]) < max(callback.reference["accuracy"]) < 0.6  # not invariant
