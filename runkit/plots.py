@@ -26,7 +26,7 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
     if many:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=2, frameon=False)
     else:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # the spot that hides the fewest points
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
