@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COPIED = ("gevit", "lightning_modules", "conf", "tests", "multirun", "docs")  # resolved through __file__: copied
+COPIED = (
+    "gevit",
+    "lightning_modules",
+    "runkit",
+    "conf",
+    "tests",
+    "multirun",
+    "docs",
+)  # resolved through __file__: copied
 CHECK = """
 import sys
 from lightning_modules.posthoc import aggregator_catalog
