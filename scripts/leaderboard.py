@@ -65,7 +65,7 @@ def summarise(runs: list[dict], seeds: int = 0) -> dict:
     return {
         "runs": f"{len(done)}/{max(seeds, len(runs))}",
         "acc_mean": statistics.fmean(accs) if accs else None,
-        "acc_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
+        "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
         "invariance_error": _mean([r.get("test/invariance_error_rot90") for r in done]),
         "acc_45": _mean([None if accuracy_at(r, 45.0) is None else 100 * accuracy_at(r, 45.0) for r in done]),
         "params": next((r.get("model/params") for r in done if r.get("model/params") is not None), None),
@@ -93,7 +93,7 @@ def markdown(
         f"Machine: {machine}",
         "",
         "Test accuracy on the 3,000 rotated held-out digits (checkpoint selected on validation, tested once), "
-        "mean ± std over seeds; rot90 invariance error: relative logit change under a 90-degree rotation; "
+        "mean ± std over seeds (no ± where one run completed); rot90 invariance error: relative logit change under a 90-degree rotation; "
         "wall time: whole run (train + test + robustness curve).",
         "",
     ]
@@ -105,7 +105,9 @@ def markdown(
     ]
     for name, runs in families.items():
         s = summarise(runs, seeds)
-        acc = "–" if s["acc_mean"] is None else f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
+        acc = "–" if s["acc_mean"] is None else f"{s['acc_mean']:.2f}"
+        if s["acc_std"] is not None:  # a spread only where there are two runs or more
+            acc += f" ± {s['acc_std']:.2f}"
         wall = None if s["wall_s"] is None else s["wall_s"] / 60
         lines.append(
             f"| {name} | ({s['runs']}) | {acc} | {_fmt(s['invariance_error'], '.1e')} | "
