@@ -17,8 +17,11 @@
 #   upright_*      MNIST -> rotated (data.variant=upright_train: train/val upright, test rotated): a ViT
 #                  (10 epochs), its post-hoc wrappers as above and canonicalization (aggregator_only,
 #                  POSTHOC_EPOCHS)
-# Estimated time of the full run (3 seeds) on 2 CPU cores: about 6-7 hours quiet (ViT ~4 min, EqCvT ~5 min,
-# CvT ~3 min, hybrid ~40 min, GE-ViT/GSA-Nets ~10 min, post-hoc ~2-5 min per run); on a GPU well under 1 hour.
+# Measured per run on 2 quiet CPU cores (2026-12-01, seed 0, curves on 500 test images): ViT 6.3 min, CvT 4.4,
+# EqCvT 5.9, hybrid p4 4.9 (3 epochs) and p4m ~20 (3 epochs: D4's 8 elements make its attention ~4x dearer),
+# GE-ViT 2.9 / GSA-Nets 1.4 (3 epochs; ~20 s per epoch), post-hoc C4 zero-shot 1.5, C4 lambda 2.7 (2 epochs),
+# C16 zero-shot 6.1, C16 lambda 9.6 (2 epochs). So about 1.5-2 hours per seed with the default budgets, 5-6
+# hours for 3 seeds; on a GPU well under 1 hour.
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
@@ -125,4 +128,4 @@ if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
 "$PY" scripts/leaderboard.py "$SWEEP_DIR" "${OUT[@]}" \
-    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Estimated/p' "$0")"
+    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Measured per run/p' "$0")"
