@@ -13,8 +13,16 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
 
     many = len(curves) > 3  # a legend inside would cover the lower curves: put it below the axes
     fig, ax = plt.subplots(figsize=(6, 3.5 + (0.25 * len(curves) if many else 0)), dpi=120)
-    for label, r in curves.items():
-        ax.plot(r["angles"], [100 * a for a in r["accuracy"]], marker="o", markersize=3, label=label)
+    styles = ("-", "--", ":", "-.")  # past the 10 default colours, curves differ by line style too
+    for index, (label, r) in enumerate(curves.items()):
+        ax.plot(
+            r["angles"],
+            [100 * a for a in r["accuracy"]],
+            marker="o",
+            markersize=3,
+            ls=styles[index // 10 % len(styles)],
+            label=label,
+        )
     for quarter in (90, 180, 270):
         ax.axvline(quarter, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("rotation angle (degrees)")

@@ -130,7 +130,7 @@ def mean_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
         angles = done[0]["angles"]
         same = [c for c in done if c["angles"] == angles]
         n = len(same)
-        curves[f"{name} ({100 * summarise(runs)['acc_mean']:.1f} %)"] = {
+        curves[f"{name} ({summarise(runs)['acc_mean']:.1f} %)"] = {
             "angles": angles,
             "accuracy": [sum(c["accuracy"][i] for c in same) / n for i in range(len(angles))],
         }
@@ -163,9 +163,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument(
         "--seeds", type=int, default=0, help="runs planned per family (the 'runs' column: done/planned)"
     )
+    parser.add_argument(
+        "--families", default="", help="comma list of the planned families: one not run yet gets a row (0/planned)"
+    )
     args = parser.parse_args(argv)
 
     families = collect(args.sweep_dir)
+    for name in filter(None, args.families.split(",")):
+        families.setdefault(name, [])  # planned, not run yet: a row of dashes
     out = args.out or args.sweep_dir / "results.md"
     figure = args.figure or out.parent / "leaderboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,11 @@ def test_smoke_slice_trains_a_family_and_wraps_it_and_a_rerun_keeps_what_complet
     assert (
         not (REPO / "docs" / "leaderboard.md").exists() or "smoke" not in (REPO / "docs" / "leaderboard.md").read_text()
     )
+
+
+def test_a_planned_family_not_run_yet_gets_a_row_of_dashes(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "eqcvt" / "seed0", 0.94)
+    text = leaderboard.main([str(sweep), "--machine", "m", "--seeds", "3", "--families", "eqcvt,hybrid_p4m"])
+    assert "| eqcvt | (1/3) | 94.00 | " in text
+    assert "| hybrid_p4m | (0/3) | – | – | – | – | – | – |" in text
