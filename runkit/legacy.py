@@ -23,12 +23,13 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from pathlib import Path
 from typing import Any
+
+from runkit.resolvers import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = PROJECT_ROOT / "conf"  # as runkit.config, without importing Hydra for a translation
 
 # the old LightningModule -> the network it built (both the package-level and the module path were written)
 LEGACY_NETWORK_MODULES = {
