@@ -62,10 +62,7 @@ def output_dir_of(cfg: DictConfig) -> Path:
 def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
     """``ckpt_path`` if given; else, with ``auto_resume``, this run directory's own ``last.ckpt``."""
     if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        return str(path)
+        return str(Path(cfg.ckpt_path).expanduser())
     last = (output_dir_of(cfg) / "checkpoints" / "last.ckpt").absolute()
     if cfg.get("auto_resume") and last.is_file():
         log.info("auto_resume: continuing from %s", last)
@@ -241,10 +238,10 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
     # this run's model (and, to resume, of this run's data and schedule).
     resume_from = resume_checkpoint(cfg) if cfg.train else None
     if cfg.train and resume_from:
-        stored = stored_run_config(load_checkpoint(resume_from))
+        stored = stored_run_config(load_checkpoint(resume_from, option="ckpt_path" if cfg.get("ckpt_path") else None))
         check_resume_checkpoint(resume_from, stored, run_config, auto=not cfg.get("ckpt_path"))
     elif not cfg.train:
-        stored = stored_run_config(load_checkpoint(cfg.ckpt_path))
+        stored = stored_run_config(load_checkpoint(cfg.ckpt_path, option="ckpt_path"))
         check_eval_checkpoint(cfg.ckpt_path, stored, run_config)
 
     log.info("data: %s", cfg.data._target_)

@@ -1,5 +1,5 @@
-"""A LightningModule around :class:`gevit.posthoc.PostHocInvariant`, trained (or not) under a regime; the
-network of a ``train.py`` checkpoint as a backbone; and the catalogue of post-hoc methods read from
+"""A LightningModule around :class:`gevit.posthoc.PostHocInvariant`, trained (or not) under a regime; and the
+catalogue of post-hoc methods read from
 ``conf/model/aggregator/`` (``python -m lightning_modules.posthoc aggregators --learned``)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
 
-from gevit.posthoc import PostHocInvariant, adapt, check_backbone
+from gevit.checkpoint_io import MissingCheckpointError
+from gevit.posthoc import PostHocInvariant, check_backbone
 from gevit.posthoc.aggregators import Aggregator
 from gevit.posthoc.backbones import RANDOM_INIT, Backbone, net_state_dict, read_framework_checkpoint
 from lightning_modules.base import BaseClassifierModule
@@ -21,46 +22,11 @@ from lightning_modules.base import BaseClassifierModule
 log = logging.getLogger(__name__)
 
 AGGREGATOR_CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "aggregator"
-# Arguments that fetch *initial* weights: a checkpoint already holds the trained ones.
-_INITIAL_WEIGHT_ARGS = {"pretrained": False, "weights": None}
 
 
 def _count(modules: Iterable[nn.Module]) -> int:
     """Parameters of ``modules``, each counted once."""
     return sum({id(p): p.numel() for m in modules for p in m.parameters()}.values())
-
-
-# ---- backbones -----------------------------------------------------------------------------------------
-def network_from_checkpoint(ckpt_path: str | Path) -> nn.Module:
-    """Rebuild the network of a ``train.py`` checkpoint from its stored ``gevit_model_config['net']`` (with
-    ``hydra.utils.instantiate``) and load its weights. Arguments that would fetch initial weights
-    (``pretrained``, ``weights``) are disabled."""
-    import hydra
-    from omegaconf import OmegaConf
-
-    from runkit.legacy import upgrade_checkpoint_config
-
-    checkpoint = read_framework_checkpoint(ckpt_path)
-    config = upgrade_checkpoint_config(checkpoint.get("gevit_model_config"), ckpt_path) or {}
-    if not isinstance(config.get("net"), dict) or "_target_" not in config["net"]:
-        raise ValueError(
-            f"{ckpt_path} stores no network config (gevit_model_config['net'] with a _target_); "
-            "it was not written by a train.py run of a single network (model=vit or similar)"
-        )
-    net_config = dict(config["net"])
-    net_config.update({k: v for k, v in _INITIAL_WEIGHT_ARGS.items() if k in net_config})
-    model = hydra.utils.instantiate(OmegaConf.create(net_config), _convert_="all")
-    model.load_state_dict(net_state_dict(checkpoint))
-    return model
-
-
-def checkpoint_backbone(
-    num_classes: int, in_channels: int, image_size: int, ckpt_path: Optional[str] = None
-) -> Backbone:
-    """Architecture and weights of the network in a ``train.py`` checkpoint (:func:`network_from_checkpoint`)."""
-    if not ckpt_path:
-        raise ValueError("model/backbone=checkpoint needs model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt")
-    return adapt(network_from_checkpoint(ckpt_path), in_channels, image_size, str(ckpt_path))
 
 
 # ---- the method catalogue: conf/model/aggregator/ ----------------------------------------------------------
@@ -168,13 +134,13 @@ def _aggregator_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = sorted((path / "checkpoints").glob("best-*.ckpt"))
         if len(found) != 1:
-            raise FileNotFoundError(
-                f"model.init_aggregator_from={path} is a directory, but it has "
+            raise MissingCheckpointError(
+                f"model.init_aggregator_from={path} is a folder, but it has "
                 f"{len(found)} checkpoints/best-*.ckpt (expected exactly one); pass the file"
             )
         return found[0]
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingCheckpointError(
             f"model.init_aggregator_from={path} does not exist (a run directory or its checkpoints/best-....ckpt)"
         )
     return path
@@ -266,7 +232,7 @@ class PostHocClassifier(BaseClassifierModule):
         prefix = "aggregator."
         state = {
             k[len(prefix) :]: v
-            for k, v in net_state_dict(read_framework_checkpoint(ckpt)).items()
+            for k, v in net_state_dict(read_framework_checkpoint(ckpt, option="model.init_aggregator_from")).items()
             if k.startswith(prefix)
         }
         if not state:

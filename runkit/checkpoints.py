@@ -1,38 +1,56 @@
-"""Reading checkpoint files: the one safe loader (:func:`load_checkpoint`) and rebuilding a trained model from
-nothing but its ``train.py`` checkpoint (:func:`load_run`).
+"""Reading checkpoint files and rebuilding a trained model from nothing but its ``train.py`` checkpoint.
 
-:func:`load_checkpoint` reads any checkpoint a user points at with ``torch.load(weights_only=True)``: a file
-whose pickle would run code is refused (:class:`UnsafeCheckpointError`), a truncated/corrupt one is reported
-with the fix (:class:`CorruptCheckpointError`), never half-loaded. train.py (resume / evaluate), Lightning's
-checkpoint I/O (:class:`runkit.checkpointing.AtomicCheckpointIO`), :func:`load_run` and the benchmarks all
-read through it.
+:func:`load_checkpoint` is :func:`gevit.checkpoint_io.read_checkpoint` (the one safe reader: a file whose
+pickle would run code is refused, a truncated/corrupt/foreign one reported with the fix, never half-loaded).
+train.py (resume / evaluate), Lightning's checkpoint I/O (:class:`runkit.checkpointing.AtomicCheckpointIO`),
+:func:`load_run`, the post-hoc checkpoint backbone, the figures and the benchmarks all read through it.
 
 Every LightningModule of this project stores its resolved model config (with ``_target_``s) in the
-checkpoint as ``checkpoint["gevit_model_config"]``. :func:`load_run` instantiates that config with
+checkpoint as ``checkpoint["gevit_model_config"]``. :func:`load_run` checks that config against what this
+project builds (:func:`runkit.trusted_targets.check_stored_config`: a stored config is data, and a crafted
+``_target_`` is refused before anything is imported or called), instantiates it with
 ``hydra.utils.instantiate``, loads the checkpoint's ``state_dict`` strictly and returns the module in eval
 mode. It works for every model family the config tree can describe: end-to-end networks, post-hoc wrappers
-and models with escnn layers.
-
-A Lightning checkpoint holds tensors and plain Python containers (loop, callback, optimiser and scheduler
-states), which the safe unpickler accepts.
+and models with escnn layers. :func:`checkpoint_backbone` (``model/backbone=checkpoint``) is its network.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple, Optional
 
-import numpy as np
-import torch
 import torch.nn as nn
 
+from gevit.checkpoint_io import (
+    CheckpointError,
+    CorruptCheckpointError,
+    ForeignCheckpointError,
+    MissingCheckpointError,
+    UnsafeCheckpointError,
+    read_checkpoint,
+)
 from gevit.escnn_utils import make_state_dict_mode_independent
+from gevit.posthoc import Backbone, adapt
+from runkit.trusted_targets import UntrustedConfigError, check_stored_config
+
+__all__ = [
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "ForeignCheckpointError",
+    "LoadedRun",
+    "MissingCheckpointError",
+    "UnsafeCheckpointError",
+    "UntrustedConfigError",
+    "checkpoint_backbone",
+    "load_checkpoint",
+    "load_run",
+    "network_from_checkpoint",
+]
 
 CONFIG_KEY = "gevit_model_config"
 
@@ -60,18 +78,6 @@ _REBUILD_AS = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the fix."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A truncated or corrupt checkpoint file."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose pickle holds objects ``torch.load(weights_only=True)`` refuses (it could run code)."""
-
-
 class LoadedRun(NamedTuple):
     """What :func:`load_run` returns: ``module`` (the LightningModule, eval mode; ``module(images in [0, 1])
     -> logits``, ``module.net`` the bare network), ``config`` (the stored model config, a plain dict) and
@@ -82,69 +88,11 @@ class LoadedRun(NamedTuple):
     path: Path
 
 
-def _plain_numpy_globals() -> list:
-    """numpy scalars/arrays some older checkpoints carry (e.g. a best score stored as np.float64)."""
-    try:
-        from numpy.core.multiarray import _reconstruct, scalar  # noqa: F401
-    except ImportError:  # numpy 2 moved them
-        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
-    return [_reconstruct, scalar, np.ndarray, np.dtype, type(np.dtype("float64")), type(np.dtype("int64"))]
-
-
-_SAFE_GLOBALS_ADDED = False
-
-
-def register_safe_globals() -> None:
-    """Allow the few plain types the project's checkpoints may hold under ``weights_only=True`` (idempotent).
-
-    The project keeps checkpoints plain (dicts, lists, numbers, strings, tensors): configs are stored as
-    plain containers, RNG states as tensors and lists. Only numpy's scalar/array reconstructors are added,
-    which build data, never call arbitrary code."""
-    global _SAFE_GLOBALS_ADDED
-    if not _SAFE_GLOBALS_ADDED:
-        torch.serialization.add_safe_globals(_plain_numpy_globals())
-        _SAFE_GLOBALS_ADDED = True
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint a user pointed at, safely (``weights_only=True``), with one clear error per fault."""
-    register_safe_globals()
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a .ckpt file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-            unsafe = ""
-            try:
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                unsafe = f" (it needs {', '.join(names[:5])})" if names else ""
-            except Exception:
-                pass
-            raise UnsafeCheckpointError(
-                f"refusing to load checkpoint {path}: it holds Python objects beyond tensors and plain "
-                f"containers{unsafe}, which could run code when unpickled (torch.load(weights_only=True) refuses "
-                f"them; it was not written by this project's train.py, or a callback stored arbitrary objects). "
-                f"Only load files from a source you "
-                f"trust; if you do trust it, convert it once with torch.load(weights_only=False) and save "
-                f"its state_dict"
-            ) from None
-        raise _corrupt(path, err) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise _corrupt(path, err) from None
-
-
-def _corrupt(path: Path, err: BaseException) -> CorruptCheckpointError:
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return CorruptCheckpointError(
-        f"checkpoint {path} is truncated or corrupt ({detail}); it was not loaded. Move it aside "
-        f"(mv {path} {path}.corrupt) and run again: a run resumes from the checkpoint before it, or starts "
-        f"fresh when there is none"
-    )
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", option: Optional[str] = None, what: str = "checkpoint"
+) -> dict:
+    """Load a checkpoint a user pointed at, safely (:func:`gevit.checkpoint_io.read_checkpoint`)."""
+    return read_checkpoint(path, option=option, what=what, map_location=map_location)
 
 
 def stored_config(checkpoint: dict, path: str | Path) -> dict:
@@ -200,19 +148,25 @@ def _without_warnings():
         logging.disable(previous)
 
 
-def instantiate_model(config: dict, path: str | Path) -> nn.Module:
-    """The LightningModule described by a stored config (random weights, built with Hydra)."""
+def instantiate_model(config: dict, path: str | Path, trusted: Iterable[str] = ()) -> nn.Module:
+    """The LightningModule described by a stored config (random weights, built with Hydra), after checking that
+    the config names only what this project builds (:func:`runkit.trusted_targets.check_stored_config`)."""
     import hydra
     from omegaconf import OmegaConf
 
+    check_stored_config(config, str(path), trusted)
     missing: list[str] = []
     rebuilt = rebuild_config(copy.deepcopy(config), missing)
     try:
         with _without_warnings():
             return hydra.utils.instantiate(OmegaConf.create(rebuilt))
+    except CheckpointError:
+        raise  # a checkpoint it refers to (a post-hoc backbone) is unusable: that error names it
     except Exception as err:
+        if isinstance(err.__cause__, CheckpointError):
+            raise err.__cause__ from None
         if missing:
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{path} was trained from {', '.join(missing)}, which does not exist any more, and its model "
                 f"cannot be rebuilt without it (a post-hoc 'checkpoint' backbone takes its architecture from that "
                 f"file); restore it. ({type(err).__name__}: {err})"
@@ -224,21 +178,40 @@ def instantiate_model(config: dict, path: str | Path) -> nn.Module:
         ) from err
 
 
-def load_run(checkpoint: str | Path) -> LoadedRun:
+# The checkpoints being rebuilt in this thread, outermost first: a post-hoc backbone names another checkpoint,
+# and a crafted one could name itself (or a cycle).
+_REBUILDING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("gevit_rebuilding", default=())
+
+
+def load_run(checkpoint: str | Path, *, option: Optional[str] = None, trusted: Iterable[str] = ()) -> LoadedRun:
     """Rebuild the LightningModule of a ``train.py`` checkpoint from its stored config, load its weights and
     put it in eval mode; returns ``(module, config, path)``.
+
+    ``option`` names where the path came from (for error messages); ``trusted`` adds ``_target_``s of your own
+    to those the project builds (:mod:`runkit.trusted_targets`).
 
     escnn layers cache their expanded filters in buffers (``filter``, ``expanded_bias``) that exist in eval
     mode only, so a checkpoint saved at validation end may hold them and a fresh module not: the module's
     escnn layers are made mode-independent first (:func:`gevit.escnn_utils.make_state_dict_mode_independent`:
     cached buffers in the file are ignored and rebuilt from the loaded weights), then loaded strictly.
     """
-    path = Path(checkpoint)
-    state = load_checkpoint(path)
+    path = Path(checkpoint).expanduser()
+    identity = str(path.resolve())
+    chain = _REBUILDING.get()
+    if identity in chain:
+        raise CheckpointError(
+            f"{path} cannot be rebuilt: its model config names itself as a backbone checkpoint "
+            f"({' -> '.join([*chain, identity])}); nothing was built"
+        )
+    state = load_checkpoint(path, option=option)
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+        raise ForeignCheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     config = stored_config(state, path)
-    module = make_state_dict_mode_independent(instantiate_model(config, path))
+    token = _REBUILDING.set((*chain, identity))
+    try:
+        module = make_state_dict_mode_independent(instantiate_model(config, path, trusted))
+    finally:
+        _REBUILDING.reset(token)
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:
@@ -247,3 +220,24 @@ def load_run(checkpoint: str | Path) -> LoadedRun:
         ) from err
     module.eval()
     return LoadedRun(module, config, path)
+
+
+def network_from_checkpoint(ckpt_path: str | Path, option: str = "model.backbone.ckpt_path") -> nn.Module:
+    """The trained network (``module.net``) of a ``train.py`` checkpoint of one end-to-end network, rebuilt by
+    :func:`load_run`, in training mode like a freshly built network."""
+    run = load_run(ckpt_path, option=option)
+    if not isinstance(run.config.get("net"), dict):
+        raise ForeignCheckpointError(
+            f"{option}={ckpt_path} stores no network config (gevit_model_config['net']); it was not written by a "
+            "train.py run of a single network (model=vit or similar)"
+        )
+    return run.module.net.train()
+
+
+def checkpoint_backbone(
+    num_classes: int, in_channels: int, image_size: int, ckpt_path: Optional[str] = None
+) -> Backbone:
+    """``model/backbone=checkpoint``: architecture and weights of the network in a ``train.py`` checkpoint."""
+    if not ckpt_path:
+        raise ValueError("model/backbone=checkpoint needs model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt")
+    return adapt(network_from_checkpoint(ckpt_path), in_channels, image_size, str(ckpt_path))

@@ -38,6 +38,8 @@ LEGACY_NETWORK_MODULES = {
     "lightning_modules.HybridClassifier": "gevit.models.HybridViT",
     "lightning_modules.hybrid.HybridClassifier": "gevit.models.HybridViT",
 }
+# functions and classes that moved (wherever they sit in a stored config)
+TARGET_RENAMES = {"lightning_modules.posthoc.checkpoint_backbone": "runkit.checkpoints.checkpoint_backbone"}
 # keys of the old flat configs that are network keywords under another name today
 NETWORK_RENAMES = {"patch_size": "attention_window"}
 # keys a network is told as well as the classifier (the data's shape)
@@ -110,12 +112,25 @@ def _upgrade_posthoc_part(part: dict, group: str, marker: str, changes: list[str
     return new
 
 
+def _rename_targets(node: Any, changes: list[str]) -> Any:
+    if isinstance(node, list):
+        return [_rename_targets(value, changes) for value in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _rename_targets(value, changes) for key, value in node.items()}
+    target = node.get("_target_")
+    if isinstance(target, str) and target in TARGET_RENAMES:
+        node["_target_"] = TARGET_RENAMES[target]
+        changes.append(f"{target} -> {node['_target_']}")
+    return node
+
+
 def upgrade_model_config(config: Any) -> tuple[Any, list[str]]:
     """Today's form of a stored model config and the changes made (``[]``: it already was)."""
     if not isinstance(config, dict):
         return config, []
     changes: list[str] = []
-    config = copy.deepcopy(config)
+    config = _rename_targets(copy.deepcopy(config), changes)
     if config.get("_target_") in LEGACY_NETWORK_MODULES:
         config = _upgrade_network_module(config, changes)
     for group, marker in (("backbone", "source"), ("aggregator", "name")):

@@ -28,6 +28,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
+from gevit.checkpoint_io import read_checkpoint
 from gevit.groups import get_group
 from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
 from gevit.layers.common import per_item
@@ -314,7 +315,7 @@ def convert_official_state_dict(state_dict: dict, model: GroupTransformer) -> di
 
 def load_official_weights(model: GroupTransformer, path: str) -> GroupTransformer:
     """Load weights saved by the official GE-ViT / GSA-Nets code from ``path`` into ``model``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, option="model.init_from", what="official GE-ViT weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     model.load_state_dict(convert_official_state_dict(state, model), strict=True)

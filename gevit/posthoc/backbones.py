@@ -18,8 +18,8 @@ Builders (each the ``_target_`` of a ``conf/model/backbone/`` yaml, with ``_part
 ``num_classes``, ``in_channels`` and ``image_size`` are passed when the wrapper is built):
 :func:`vit_backbone` (this project's ViT), :func:`peer_vit_backbone` (the post-hoc experiments' original
 ViT checkpoint), :func:`timm_backbone` (any timm model), :func:`resnet_backbone` (torchvision's ResNets);
-the network of a ``train.py`` checkpoint is ``lightning_modules.posthoc.checkpoint_backbone`` (it needs
-Hydra to rebuild the stored config). ``ckpt_path`` always names the trained backbone's weights; ``weights``
+the network of a ``train.py`` checkpoint is ``runkit.checkpoints.checkpoint_backbone`` (it rebuilds the
+stored config, which is run plumbing). Every file is read by :func:`gevit.checkpoint_io.read_checkpoint`. ``ckpt_path`` always names the trained backbone's weights; ``weights``
 names initial pretrained weights (a local file, never downloaded unless asked for).
 """
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from gevit.checkpoint_io import ForeignCheckpointError, read_checkpoint
 from gevit.models.vit import VisionTransformer, convert_peer_vit_state_dict
 
 RANDOM_INIT = "random initialisation"
@@ -42,6 +43,8 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _INVARIANT_POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
 # Names of a timm model's final norms, part of its classification head (the ``mlp`` regime trains them).
 _HEAD_NORMS = ("norm", "fc_norm", "head_norm")
+# timm.create_model keywords that would make timm read weight files itself (with its own loader).
+_TIMM_LOADING_KWARGS = {"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay"}
 
 
 class Backbone(nn.Module):
@@ -199,22 +202,23 @@ def check_backbone(backbone: Backbone, num_classes: int, in_channels: int, image
 
 
 # ---- weights ----------------------------------------------------------------------------------------
-def _existing_file(path: str | Path, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    return path
+def read_state_dict(path: str | Path, option: str, what: str) -> dict:
+    """A plain ``{name: tensor}`` state_dict file (``option`` names where the path came from, for errors)."""
+    state = read_checkpoint(path, option=option, what=what)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ForeignCheckpointError(f"{option}={path} is not a state_dict file (a dict of tensors): not a {what}")
+    return state
 
 
-def read_framework_checkpoint(ckpt_path: str | Path) -> dict:
+def read_framework_checkpoint(ckpt_path: str | Path, option: str = "model.backbone.ckpt_path") -> dict:
     """Load a checkpoint written by ``train.py`` (Lightning format with ``state_dict`` and, since the
     model config is stored, ``gevit_model_config``)."""
-    path = _existing_file(ckpt_path, "backbone checkpoint")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or not any(k.startswith("net.") for k in checkpoint.get("state_dict", {})):
-        raise ValueError(
-            f"{path} is not a checkpoint of this framework's train.py (expected a 'state_dict' with "
-            "'net.' entries); for the post-hoc experiments' original ViT use model/backbone=peer_vit"
+    checkpoint = read_checkpoint(ckpt_path, option=option, what="train.py checkpoint")
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(k, str) and k.startswith("net.") for k in state):
+        raise ForeignCheckpointError(
+            f"{option}={ckpt_path} is not a checkpoint of this framework's train.py (expected a 'state_dict' "
+            "with 'net.' entries); for the post-hoc experiments' original ViT use model/backbone=peer_vit"
         )
     return checkpoint
 
@@ -257,7 +261,7 @@ def torchvision_resnet(
     if weights == "download":
         state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
     else:
-        state = torch.load(_existing_file(weights, f"{arch} weights file"), map_location="cpu", weights_only=True)
+        state = read_state_dict(weights, "model.backbone.weights", f"torchvision {arch} weights file")
     if in_channels != 3:
         if in_channels != 1:
             raise ValueError(f"pretrained {arch} weights need 1 or 3 input channels, got {in_channels}")
@@ -289,7 +293,7 @@ def peer_vit_backbone(num_classes: int, in_channels: int, image_size: int, ckpt_
     """The GEVit-DL2-Project post-hoc ViT: its state_dict file ``ckpt_path`` converted with
     :func:`gevit.models.convert_peer_vit_state_dict` into this project's ViT."""
     model = VisionTransformer(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **architecture)
-    state = torch.load(_existing_file(ckpt_path, "peer ViT state_dict"), map_location="cpu", weights_only=True)
+    state = read_state_dict(ckpt_path, "model.backbone.ckpt_path", "peer ViT state_dict")
     model.load_state_dict(convert_peer_vit_state_dict(state))
     return adapt(model, in_channels, image_size, str(ckpt_path))
 
@@ -308,7 +312,15 @@ def timm_backbone(
     ``model_kwargs`` go to ``create_model`` (e.g. ``img_size`` for a ViT)."""
     import timm
 
-    overlay = {"file": str(_existing_file(weights, "timm weights file"))} if weights else None
+    refused = sorted(set(model_kwargs or {}) & _TIMM_LOADING_KWARGS)
+    if refused:
+        raise ValueError(
+            f"model.backbone.model_kwargs may not set {', '.join(refused)}: weights come from model.backbone.weights "
+            "(a local file, read safely) or model.backbone.ckpt_path"
+        )
+    if weights:
+        read_checkpoint(weights, option="model.backbone.weights", what="timm weights file")  # refuse unsafe files
+    overlay = {"file": str(Path(weights).expanduser())} if weights else None
     model = timm.create_model(
         model_name,
         pretrained=overlay is not None,

@@ -32,12 +32,8 @@ from gevit.posthoc import (
 )
 from gevit.posthoc.backbones import TimmStyleBackbone, TorchvisionResNetBackbone
 from lightning_modules import PostHocClassifier
-from lightning_modules.posthoc import (
-    aggregator_catalog,
-    aggregator_config,
-    checkpoint_backbone,
-    network_from_checkpoint,
-)
+from lightning_modules.posthoc import aggregator_catalog, aggregator_config
+from runkit.checkpoints import checkpoint_backbone, network_from_checkpoint
 from tests.support.compose import CONF_DIR, TINY_VIT, compose_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -102,9 +102,9 @@ def test_not_a_rebuildable_checkpoint(tmp_path):
         load_run(tmp_path / "mismatch.ckpt")
     renamed = {**hybrid_escnn_config(), "_target_": "lightning_modules.NoSuchClassifier"}
     torch.save({"state_dict": {}, CONFIG_KEY: renamed}, tmp_path / "renamed.ckpt")
-    with pytest.raises(CheckpointError, match=r"NoSuchClassifier\) cannot be built by this version"):
+    with pytest.raises(CheckpointError, match=r"cannot be built by this version.*NoSuchClassifier.*renamed or removed"):
         load_run(tmp_path / "renamed.ckpt")
     # an object pickled by reference (e.g. hyper-parameters saved as a Namespace): the safe unpickler refuses it
     torch.save({"state_dict": {}, "hparams": argparse.Namespace(lr=0.1)}, tmp_path / "opaque.ckpt")
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"argparse.Namespace.*could run code"):
         load_run(tmp_path / "opaque.ckpt")

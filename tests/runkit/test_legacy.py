@@ -147,7 +147,7 @@ def test_a_config_in_todays_form_is_left_alone():
 
 
 def test_an_old_checkpoint_is_a_post_hoc_backbone(tmp_path):
-    from lightning_modules.posthoc import network_from_checkpoint
+    from runkit.checkpoints import network_from_checkpoint
 
     path, reference = _old_checkpoint(tmp_path, OLD_GEVIT, "gevit")
     net = network_from_checkpoint(path).eval()
