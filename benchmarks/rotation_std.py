@@ -45,7 +45,7 @@ def build_model(cfg, ckpt):
 
     if ckpt is None:
         return hydra.utils.instantiate(cfg.model)
-    from runkit.checkpoints import load_run
+    from runkit.checkpoint_loading import load_run
 
     return load_run(ckpt).module  # weights_only; old checkpoints' configs translated (runkit.legacy)
 

@@ -8,15 +8,21 @@
 - :mod:`runkit.config_validation`: one validation pass over the composed config before any data is read;
 - :mod:`runkit.naming`: how a run is named, grouped and tagged;
 - :mod:`runkit.provenance`: git commit/dirty state and ``metrics.json``;
-- :mod:`runkit.lifecycle`: run lock, epoch-seeded data order, resume/eval checkpoint checks, memory estimate;
-- :mod:`runkit.checkpointing`: how a run writes checkpoints (atomic, every epoch, random streams and run config);
-- :mod:`runkit.checkpoints`: reading them — the one safe loader, and
-  :func:`~runkit.checkpoints.load_run`, which rebuilds the LightningModule of any ``train.py`` checkpoint;
+- :mod:`runkit.run_lock`: one process per run directory (``run.lock``);
+- :mod:`runkit.run_dir`: what a run directory already holds decides what a run does (resume, done, refuse, set
+  aside), checked before anything is written;
+- :mod:`runkit.run_config`: what a checkpoint belongs to, and the resume/evaluate checks;
+- :mod:`runkit.data_order`: the training order and the workers' random streams as functions of (seed, epoch);
+- :mod:`runkit.memory`: the memory estimate before the first batch;
+- :mod:`runkit.trusted_targets`: the ``_target_``s a stored config may name (a stored config is data);
+- :mod:`runkit.checkpoint_writing`: how a run writes checkpoints (atomic, every epoch, random streams and run config);
+- :mod:`runkit.checkpoint_loading`: reading them — the one safe loader, and
+  :func:`~runkit.checkpoint_loading.load_run`, which rebuilds the LightningModule of any ``train.py`` checkpoint;
 - :mod:`runkit.wandb_logging`: everything W&B (credentials check, logger identity and summary, rotation
   table, figures, results tables);
 - :mod:`runkit.plots`: the accuracy-vs-angle figure.
 """
 
-from runkit.checkpoints import CheckpointError, LoadedRun, load_run
+from runkit.checkpoint_loading import CheckpointError, LoadedRun, load_run
 
 __all__ = ["CheckpointError", "LoadedRun", "load_run"]

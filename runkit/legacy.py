@@ -39,7 +39,7 @@ LEGACY_NETWORK_MODULES = {
     "lightning_modules.hybrid.HybridClassifier": "gevit.models.HybridViT",
 }
 # functions and classes that moved (wherever they sit in a stored config)
-TARGET_RENAMES = {"lightning_modules.posthoc.checkpoint_backbone": "runkit.checkpoints.checkpoint_backbone"}
+TARGET_RENAMES = {"lightning_modules.posthoc.checkpoint_backbone": "runkit.checkpoint_loading.checkpoint_backbone"}
 # keys of the old flat configs that are network keywords under another name today
 NETWORK_RENAMES = {"patch_size": "attention_window"}
 # keys a network is told as well as the classifier (the data's shape)
@@ -88,6 +88,12 @@ def _upgrade_network_module(config: dict, changes: list[str]) -> dict:
     top = {k: v for k, v in config.items() if k in keep}
     net = {"_target_": LEGACY_NETWORK_MODULES[old_target]}
     net.update({k: config[k] for k in SHAPE_KEYS if k in config})
+    for old, new in NETWORK_RENAMES.items():
+        if old in config and new in config and config[old] != config[new]:
+            raise ValueError(
+                f"the stored model config of {old_target} holds both {old}={config[old]!r} (the old name of "
+                f"{new}) and {new}={config[new]!r}; which one the run used cannot be told, so it is not guessed"
+            )
     for key, value in config.items():
         if key not in keep:
             net[NETWORK_RENAMES.get(key, key)] = value

@@ -8,7 +8,7 @@ accuracy under rotation of several runs.
     python scripts/visualize.py robustness --runs RUN_A "GE-ViT p4=RUN_B"
     python scripts/visualize.py all --vit-ckpt ... --gevit-ckpt ... --posthoc-ckpt ... [--runs ...] [--wandb]
 
-Checkpoints are rebuilt from the model config stored in them (runkit.checkpoints.load_run). Images are
+Checkpoints are rebuilt from the model config stored in them (runkit.checkpoint_loading.load_run). Images are
 digits of the validation split of the embedded RotMNIST-mini set, upright; the test split is never used.
 Files go to --out (default logs/visualizations/<timestamp>) with a summary.json of every number shown;
 --wandb also logs them to W&B (project gevit, job_type visualize; offline without credentials). What each

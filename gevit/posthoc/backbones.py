@@ -18,7 +18,7 @@ Builders (each the ``_target_`` of a ``conf/model/backbone/`` yaml, with ``_part
 ``num_classes``, ``in_channels`` and ``image_size`` are passed when the wrapper is built):
 :func:`vit_backbone` (this project's ViT), :func:`peer_vit_backbone` (the post-hoc experiments' original
 ViT checkpoint), :func:`timm_backbone` (any timm model), :func:`resnet_backbone` (torchvision's ResNets);
-the network of a ``train.py`` checkpoint is ``runkit.checkpoints.checkpoint_backbone`` (it rebuilds the
+the network of a ``train.py`` checkpoint is ``runkit.checkpoint_loading.checkpoint_backbone`` (it rebuilds the
 stored config, which is run plumbing). Every file is read by :func:`gevit.checkpoint_io.read_checkpoint`. ``ckpt_path`` always names the trained backbone's weights; ``weights``
 names initial pretrained weights (a local file, never downloaded unless asked for).
 """

@@ -8,7 +8,7 @@
 
 Shared: :mod:`~scripts.figures.common` (checkpoints loaded for drawing, refusals, drawing helpers) and
 :mod:`~scripts.figures.digits` (the validation digits drawn). The maths is in :mod:`gevit.analysis`,
-rebuilding checkpoints in :func:`runkit.checkpoints.load_run`, W&B in :mod:`runkit.wandb_logging`.
+rebuilding checkpoints in :func:`runkit.checkpoint_loading.load_run`, W&B in :mod:`runkit.wandb_logging`.
 """
 
 from scripts.figures.attention import gevit_attention, plot_gevit_attention, plot_vit_attention, vit_attention

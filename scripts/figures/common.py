@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gevit.analysis import ModelFacts, model_facts  # noqa: E402
-from runkit.checkpoints import CheckpointError, load_run  # noqa: E402
+from runkit.checkpoint_loading import CheckpointError, load_run  # noqa: E402
 
 
 class CheckpointKindError(CheckpointError):
@@ -25,7 +25,7 @@ class CheckpointKindError(CheckpointError):
 
 @dataclass
 class LoadedModel:
-    """A ``train.py`` checkpoint rebuilt by :func:`runkit.checkpoints.load_run`, with a label for figures.
+    """A ``train.py`` checkpoint rebuilt by :func:`runkit.checkpoint_loading.load_run`, with a label for figures.
 
     ``module(images in [0, 1], (B, C, H, W)) -> logits (B, K)``; ``net`` is the bare network (normalised
     input, ``module.normalize(images)``); ``facts`` says what it is (:func:`gevit.analysis.model_facts`).

@@ -33,7 +33,7 @@ from gevit.posthoc import (
 from gevit.posthoc.backbones import TimmStyleBackbone, TorchvisionResNetBackbone
 from lightning_modules import PostHocClassifier
 from lightning_modules.posthoc import aggregator_catalog, aggregator_config
-from runkit.checkpoints import checkpoint_backbone, network_from_checkpoint
+from runkit.checkpoint_loading import checkpoint_backbone, network_from_checkpoint
 from tests.support.compose import CONF_DIR, TINY_VIT, compose_config
 
 REPO = Path(__file__).resolve().parents[2]

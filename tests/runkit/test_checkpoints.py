@@ -9,7 +9,7 @@ import argparse
 import pytest
 import torch
 
-from runkit.checkpoints import CONFIG_KEY, CheckpointError, instantiate_model, load_run, rebuild_config
+from runkit.checkpoint_loading import CONFIG_KEY, CheckpointError, instantiate_model, load_run, rebuild_config
 
 SIZE = 16
 

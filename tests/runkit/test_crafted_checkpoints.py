@@ -21,7 +21,7 @@ from gevit.checkpoint_io import (
     MissingCheckpointError,
     UnsafeCheckpointError,
 )
-from runkit.checkpoints import CONFIG_KEY, checkpoint_backbone, load_checkpoint, load_run
+from runkit.checkpoint_loading import CONFIG_KEY, checkpoint_backbone, load_checkpoint, load_run
 from runkit.config_validation import ConfigError
 from runkit.trusted_targets import UntrustedConfigError, check_stored_config, conf_model_targets
 from tests.support.compose import compose_config
@@ -97,7 +97,7 @@ def nothing_written(marker: Path) -> bool:
 def test_the_allow_list_is_what_conf_model_builds():
     targets = conf_model_targets()
     assert "lightning_modules.ImageClassifier" in targets and "gevit.models.GroupTransformer" in targets
-    assert "runkit.checkpoints.checkpoint_backbone" in targets and "torch.optim.Adam" in targets
+    assert "runkit.checkpoint_loading.checkpoint_backbone" in targets and "torch.optim.Adam" in targets
     assert not any(t.startswith(("lightning.pytorch", "datamodules", "builtins")) for t in targets)
     # a torch optimiser or scheduler chosen on the command line is data too
     check_stored_config({"optimizer": {"_target_": "torch.optim.RMSprop"}}, "x")
@@ -136,7 +136,11 @@ def test_a_post_hoc_run_over_a_crafted_backbone_checkpoint_is_refused(tmp_path):
         "num_classes": 10,
         "in_channels": 1,
         "image_size": 28,
-        "backbone": {"_target_": "runkit.checkpoints.checkpoint_backbone", "_partial_": True, "ckpt_path": str(inner)},
+        "backbone": {
+            "_target_": "runkit.checkpoint_loading.checkpoint_backbone",
+            "_partial_": True,
+            "ckpt_path": str(inner),
+        },
         "aggregator": {"_target_": "gevit.posthoc.aggregators.mean.MeanAggregator", "_partial_": True},
     }
     with pytest.raises(UntrustedConfigError, match="inner.ckpt"):

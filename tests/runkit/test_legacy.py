@@ -10,9 +10,9 @@ import logging
 import pytest
 import torch
 
-from runkit.checkpoints import load_run
+from runkit.checkpoint_loading import load_run
 from runkit.legacy import upgrade_model_config
-from runkit.lifecycle import CheckpointMismatchError, check_eval_checkpoint
+from runkit.run_config import CheckpointMismatchError, check_eval_checkpoint
 
 _DATA = {"num_classes": 10, "in_channels": 1, "image_size": 28, "input_mean": [0.1307], "input_std": [0.3081]}
 _OPTIMISATION = {
@@ -140,6 +140,14 @@ def test_the_translation_names_what_changed():
     assert len(changes) == 2
 
 
+def test_an_old_config_naming_the_window_twice_is_refused_unless_both_agree():
+    both = {**OLD_GEVIT, "attention_window": 5}
+    with pytest.raises(ValueError, match=r"both patch_size=3 .* and attention_window=5"):
+        upgrade_model_config(both)
+    agreeing, _ = upgrade_model_config({**OLD_GEVIT, "attention_window": 3})
+    assert agreeing["net"]["attention_window"] == 3 and "patch_size" not in agreeing["net"]
+
+
 def test_a_config_in_todays_form_is_left_alone():
     today, _ = upgrade_model_config(OLD_GEVIT)
     again, changes = upgrade_model_config(today)
@@ -147,7 +155,7 @@ def test_a_config_in_todays_form_is_left_alone():
 
 
 def test_an_old_checkpoint_is_a_post_hoc_backbone(tmp_path):
-    from runkit.checkpoints import network_from_checkpoint
+    from runkit.checkpoint_loading import network_from_checkpoint
 
     path, reference = _old_checkpoint(tmp_path, OLD_GEVIT, "gevit")
     net = network_from_checkpoint(path).eval()
@@ -160,7 +168,7 @@ def test_evaluating_an_old_checkpoint_warns_about_newer_options_only(caplog):
     stored = {"model": upgrade_model_config(OLD_GEVIT)[0]}
     current = copy.deepcopy(stored)
     current["model"]["net"]["zero_init_head"] = False  # an option added after the checkpoint was written
-    with caplog.at_level(logging.WARNING, logger="runkit.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="runkit.run_config"):
         check_eval_checkpoint("old.ckpt", stored, current)
     assert "predates the options model.net.zero_init_head=false" in caplog.text
     current["model"]["net"]["num_heads"] = 4  # a stored option set differently is still refused

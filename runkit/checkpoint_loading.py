@@ -2,7 +2,7 @@
 
 :func:`load_checkpoint` is :func:`gevit.checkpoint_io.read_checkpoint` (the one safe reader: a file whose
 pickle would run code is refused, a truncated/corrupt/foreign one reported with the fix, never half-loaded).
-train.py (resume / evaluate), Lightning's checkpoint I/O (:class:`runkit.checkpointing.AtomicCheckpointIO`),
+train.py (resume / evaluate), Lightning's checkpoint I/O (:class:`runkit.checkpoint_writing.AtomicCheckpointIO`),
 :func:`load_run`, the post-hoc checkpoint backbone, the figures and the benchmarks all read through it.
 
 Every LightningModule of this project stores its resolved model config (with ``_target_``s) in the

@@ -1,10 +1,10 @@
 """How a run writes checkpoint files a preemptible cluster can trust: atomically, one every epoch, with the
-run's random streams and config in each (reading any checkpoint safely is :mod:`runkit.checkpoints`).
+run's random streams and config in each (reading any checkpoint safely is :mod:`runkit.checkpoint_loading`).
 
 - :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin): every checkpoint Lightning writes goes
   to a temporary name in the same folder, is fsynced and renamed over the target, so a crash or a full disk
   never leaves a truncated ``.ckpt``; every checkpoint it reads goes through
-  :func:`runkit.checkpoints.load_checkpoint` (``weights_only=True``, one clear error per fault).
+  :func:`runkit.checkpoint_loading.load_checkpoint` (``weights_only=True``, one clear error per fault).
 - :class:`LastCheckpoint`: writes ``last.ckpt`` at the end of every training epoch (whatever the monitored
   metric did) and, on a stop signal, makes sure the latest finished epoch is on disk.
 - :class:`RunStateCallback`: stores the random streams (torch, CUDA, numpy, python) and the run's resolved
@@ -25,7 +25,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from runkit.checkpoints import load_checkpoint
+from runkit.checkpoint_loading import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,23 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._in_epoch = False
+        if self._epoch_cut_short(trainer):
+            log.info(
+                "training stopped inside epoch %d (max_steps/max_time): %s keeps the last finished epoch, which an "
+                "extended run resumes from",
+                trainer.current_epoch,
+                self.path,
+            )
+            return
         self._save(trainer)
+
+    @staticmethod
+    def _epoch_cut_short(trainer) -> bool:
+        """True when the epoch ending now was stopped early (``max_steps``, ``max_time``): saving it as finished
+        would make a resumed run skip the rest of it."""
+        expected = trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return isinstance(expected, int) and 0 < done < expected
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (SystemExit, KeyboardInterrupt)) or self._in_epoch:
