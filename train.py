@@ -28,24 +28,19 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.callbacks import RotationRobustnessCallback, run_summary
-from runkit.checkpointing import AtomicCheckpointIO, RunStateCallback
-from runkit.checkpoints import load_checkpoint
+from runkit.checkpoint_loading import load_checkpoint
+from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback
 from runkit.config import instantiate_collection, instantiate_named, save_config
 from runkit.config_validation import ConfigError, validate_config
-from runkit.lifecycle import (
-    RunLock,
-    build_run_config,
-    check_eval_checkpoint,
-    check_memory,
-    check_resume_checkpoint,
-    is_launching_process,
-    seed_training_order,
-    stored_run_config,
-)
+from runkit.data_order import seed_training_order
+from runkit.memory import check_memory
 from runkit.naming import run_identity
 from runkit.provenance import git_state, write_metrics_json
 from runkit.resolvers import register_resolvers
-from runkit.wandb_logging import configure_wandb, finish_wandb, update_wandb_summary
+from runkit.run_config import build_run_config, check_eval_checkpoint, check_resume_checkpoint, stored_run_config
+from runkit.run_dir import done_message, has_records, plan_run
+from runkit.run_lock import LOCK_FILE, RunLock, is_launching_process
+from runkit.wandb_logging import configure_wandb, finish_wandb, start_wandb_runs, update_wandb_summary
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -57,17 +52,6 @@ EXIT_SIGINT = 128 + signal.SIGINT
 
 def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
-
-
-def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
-    """``ckpt_path`` if given; else, with ``auto_resume``, this run directory's own ``last.ckpt``."""
-    if cfg.get("ckpt_path"):
-        return str(Path(cfg.ckpt_path).expanduser())
-    last = (output_dir_of(cfg) / "checkpoints" / "last.ckpt").absolute()
-    if cfg.get("auto_resume") and last.is_file():
-        log.info("auto_resume: continuing from %s", last)
-        return str(last)
-    return None
 
 
 def cluster_plugins() -> list:
@@ -108,6 +92,12 @@ def check_schedule(cfg: DictConfig) -> None:
     if not cfg.train:
         return
     trainer = cfg.trainer
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}=0: this run would train nothing and test untrained weights; give it epochs, "
+                "or evaluate a checkpoint with train=false ckpt_path=..."
+            )
     if trainer.get("limit_val_batches") in (0, 0.0):
         raise ConfigError(
             "trainer.limit_val_batches=0: this run would never validate, so no checkpoint could be "
@@ -129,12 +119,16 @@ def check_schedule(cfg: DictConfig) -> None:
 
 
 class _SignalGuard:
-    """Outside Lightning's loops (data loading, model building, writing outputs) SIGTERM raises at once,
-    so it too ends in metrics.json and a non-zero exit; inside them Lightning's own handler stops at the next
-    batch boundary (it calls this one too, which then does nothing)."""
+    """SIGTERM at any point of a run ends it with the status and exit code 143.
+
+    Where Lightning's own handler is installed (inside its fit/validate/test loops) it stops at the next batch
+    boundary, which keeps checkpoints whole; this handler, which Lightning calls too, only records the signal,
+    and :meth:`raise_if_received` raises it as soon as the trainer returns (a signal at the last batch, in the
+    epoch-end hooks or in data preparation is not lost). Everywhere else (data preparation, model building,
+    between fit and test, writing outputs) it raises at once."""
 
     def __init__(self):
-        self.lightning_running = False
+        self.received = False
         self.previous = None
 
     def __enter__(self):
@@ -145,7 +139,12 @@ class _SignalGuard:
         return self
 
     def _handle(self, signum, frame):
-        if not self.lightning_running:
+        self.received = True
+        if signal.getsignal(signal.SIGTERM) == self._handle:  # Lightning's handler is not installed
+            raise SIGTERMException()
+
+    def raise_if_received(self) -> None:
+        if self.received:
             raise SIGTERMException()
 
     def __exit__(self, *exc):
@@ -180,26 +179,39 @@ def _stop_reason(err: BaseException) -> tuple[str, Optional[int]]:
 def run(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one configured job; returns (metrics, objects) where objects holds the trainer, model and
     data module for callers that want to inspect them (tests, notebooks)."""
-    validate_config(cfg)
-    if not cfg.train and not cfg.test:
-        raise ValueError("train=false and test=false: nothing to do")
-    if not cfg.train and not cfg.get("ckpt_path"):
-        raise ValueError("train=false needs ckpt_path=FILE (the checkpoint to evaluate)")
-    check_schedule(cfg)
     started = time.time()
     out_dir = output_dir_of(cfg)
     main_process = is_launching_process()
+    try:
+        check_options(cfg)
+    except Exception as err:
+        if main_process:
+            record_refused_start(out_dir, cfg, err, started)
+        raise
     if not main_process:  # DDP processes started beside this run: its log lines come from rank 0 only
         quiet_secondary_process()
+    run_config = build_run_config(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        OmegaConf.to_container(cfg.data, resolve=True),
+        OmegaConf.to_container(cfg.trainer, resolve=True),
+        cfg.seed,
+        config_choices(),
+    )
     lock = RunLock(out_dir)
-    if main_process:
-        lock.acquire()
     metrics: dict = {"status": "started", "output_dir": str(out_dir), "seed": cfg.seed}
-    trainer: Optional[L.Trainer] = None
     objects: dict = {}
+    recording = False  # metrics.json is written only by a run that got past the checks of its directory
     try:
         with _SignalGuard() as guard:
-            _run(cfg, out_dir, metrics, objects, guard, main_process)
+            if main_process:
+                lock.acquire()
+            plan = plan_run(out_dir, _run_settings(cfg), owner=main_process)
+            if plan.action == "done":
+                log.info(done_message(out_dir, plan.finished or {}))
+                return plan.finished or {}, objects
+            _check_checkpoint(cfg, plan.resume_from, run_config)
+            recording = True
+            _run(cfg, out_dir, metrics, objects, guard, main_process, run_config, plan.resume_from)
         metrics["status"] = "completed"
     except BaseException as err:
         metrics["status"], exit_code = _stop_reason(err)
@@ -209,14 +221,70 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         metrics["duration_s"] = round(time.time() - started, 2)
         trainer = objects.get("trainer")
-        if trainer.is_global_zero if trainer is not None else main_process:
+        if recording and (trainer.is_global_zero if trainer is not None else main_process):
             write_metrics_json(out_dir / "metrics.json", metrics)
         finish_wandb()
         lock.release()
     return metrics, objects
 
 
-def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _SignalGuard, main_process: bool) -> None:
+def check_options(cfg: DictConfig) -> None:
+    """Everything about the options that can be refused before the run directory is looked at."""
+    validate_config(cfg)
+    if not cfg.train and not cfg.test:
+        raise ValueError("train=false and test=false: nothing to do")
+    if not cfg.train and not cfg.get("ckpt_path"):
+        raise ValueError("train=false needs ckpt_path=FILE (the checkpoint to evaluate)")
+    check_schedule(cfg)
+
+
+def record_refused_start(out_dir: Path, cfg: DictConfig, err: BaseException, started: float) -> None:
+    """A job refused for its options leaves a ``failed: ...`` metrics.json, so that a sweep's table shows why
+    it has no result; only in a directory no run has written to (another run's records are never touched)."""
+    if not out_dir.is_dir() or has_records(out_dir) or (out_dir / LOCK_FILE).exists():
+        return
+    status, _ = _stop_reason(err)
+    metrics = {"status": status, "output_dir": str(out_dir), "seed": cfg.get("seed")}
+    metrics["duration_s"] = round(time.time() - started, 2)
+    try:
+        write_metrics_json(out_dir / "metrics.json", metrics)
+    except OSError as write_error:  # the refusal itself is what the user must see
+        log.warning("could not record the refused start in %s: %s", out_dir, write_error)
+
+
+def _run_settings(cfg: DictConfig) -> dict:
+    """The resolved options :func:`runkit.run_dir.plan_run` compares with a finished run's."""
+    keys = ("model", "data", "trainer", "seed", "train", "test", "ckpt_path", "auto_resume")
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in keys
+    }
+
+
+def _check_checkpoint(cfg: DictConfig, resume_from: Optional[str], run_config: dict) -> None:
+    """A checkpoint the user names is checked before anything is written: safe to load, not corrupt, and of
+    this run's model (and, to resume, of this run's data and schedule)."""
+    option = "ckpt_path" if cfg.get("ckpt_path") else None
+    if cfg.train and resume_from:
+        if not cfg.get("ckpt_path"):
+            log.info("auto_resume: continuing from %s", resume_from)
+        stored = stored_run_config(load_checkpoint(resume_from, option=option))
+        check_resume_checkpoint(resume_from, stored, run_config, auto=not cfg.get("ckpt_path"))
+    elif not cfg.train:
+        stored = stored_run_config(load_checkpoint(cfg.ckpt_path, option=option))
+        check_eval_checkpoint(cfg.ckpt_path, stored, run_config)
+
+
+def _run(
+    cfg: DictConfig,
+    out_dir: Path,
+    metrics: dict,
+    objects: dict,
+    guard: _SignalGuard,
+    main_process: bool,
+    run_config: dict,
+    resume_from: Optional[str],
+) -> None:
     config_path = (
         save_config(cfg, out_dir, print_tree=cfg.get("print_config", True) and main_process)
         if main_process
@@ -225,24 +293,6 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
     L.seed_everything(cfg.seed, workers=True)
     identity = run_identity(cfg)
     configure_wandb(cfg, identity)
-    choices = config_choices()
-    run_config = build_run_config(
-        OmegaConf.to_container(cfg.model, resolve=True),
-        OmegaConf.to_container(cfg.data, resolve=True),
-        OmegaConf.to_container(cfg.trainer, resolve=True),
-        cfg.seed,
-        choices,
-    )
-
-    # A checkpoint the user names is checked before any data is touched: safe to load, not corrupt, and of
-    # this run's model (and, to resume, of this run's data and schedule).
-    resume_from = resume_checkpoint(cfg) if cfg.train else None
-    if cfg.train and resume_from:
-        stored = stored_run_config(load_checkpoint(resume_from, option="ckpt_path" if cfg.get("ckpt_path") else None))
-        check_resume_checkpoint(resume_from, stored, run_config, auto=not cfg.get("ckpt_path"))
-    elif not cfg.train:
-        stored = stored_run_config(load_checkpoint(cfg.ckpt_path, option="ckpt_path"))
-        check_eval_checkpoint(cfg.ckpt_path, stored, run_config)
 
     log.info("data: %s", cfg.data._target_)
     datamodule: L.LightningDataModule = instantiate_named(cfg.data, "data")
@@ -279,19 +329,21 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
         )
         if estimate is not None:
             metrics["memory_estimate"] = estimate
+    start_wandb_runs(trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
 
     test_ckpt = cfg.get("ckpt_path")
-    guard.lightning_running = True
     if cfg.train and not any(True for _ in model.trainable_parameters()):
         # Nothing to fit (e.g. a zero-shot post-hoc wrapper): validate once, then test the model as built.
         log.info("the model has no trainable parameters: validating instead of fitting")
         results = trainer.validate(model, datamodule=datamodule)
+        guard.raise_if_received()
         metrics.update(results[0] if results else {})
         metrics["val/acc_best"] = metrics.get("val/acc")
     elif cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        guard.raise_if_received()
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         test_ckpt = selected_checkpoint(trainer)
         selection = selection_callback(trainer)
@@ -310,12 +362,12 @@ def _run(cfg: DictConfig, out_dir: Path, metrics: dict, objects: dict, guard: _S
         metrics["last_checkpoint"] = str(last) if last.is_file() else None
     if cfg.test:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+        guard.raise_if_received()
         metrics.update(results[0] if results else {})
         metrics["tested_checkpoint"] = test_ckpt
         robustness = next((c for c in callbacks if isinstance(c, RotationRobustnessCallback)), None)
         if robustness is not None and robustness.results is not None:
             metrics["rotation_robustness"] = robustness.results
-    guard.lightning_running = False
     metrics["data_sizes"] = datamodule.describe() if hasattr(datamodule, "describe") else None
     update_wandb_summary(
         trainer, {k: v for k, v in metrics.items() if k.startswith("model/params") or k.endswith("images_per_s")}

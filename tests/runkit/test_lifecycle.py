@@ -10,107 +10,26 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import train as train_script
-from runkit.checkpointing import atomic_torch_save
-from runkit.checkpoints import CorruptCheckpointError, UnsafeCheckpointError, load_checkpoint
+from runkit.checkpoint_loading import CorruptCheckpointError, UnsafeCheckpointError, load_checkpoint
+from runkit.checkpoint_writing import atomic_torch_save
 from runkit.config_validation import ConfigError
-from runkit.lifecycle import (
-    CheckpointMismatchError,
-    EpochSeededSampler,
-    MemoryEstimateError,
-    RunDirLockedError,
-    RunLock,
-    check_memory,
-)
+from runkit.data_order import EpochSeededSampler
+from runkit.memory import MemoryEstimateError, check_memory
+from runkit.run_config import CheckpointMismatchError
+from runkit.run_lock import RunDirLockedError, RunLock
+from tests.runkit.conftest import PHASES
 from tests.support.compose import FAST, TINY_VIT, compose_config
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
-EPOCHS = 3
-STEPS_PER_EPOCH = 4  # data.train_size=256 / data.batch_size=64
-PAUSE = ["+callbacks.pause._target_=tests.support.lifecycle.PauseAt"]
-
-
-def launch(out: Path, *overrides: str, pause: bool = False) -> subprocess.Popen:
-    """``python train.py hydra.run.dir=out ...`` as a user starts it (stdout+stderr into out.log)."""
-    extra = (PAUSE + [f"+callbacks.pause.output_dir={out}"]) if pause else []
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"hydra.run.dir={out}",
-        f"trainer.max_epochs={EPOCHS}",
-        "print_config=false",
-        *FAST,
-        *overrides,
-        *extra,
-    ]
-    log = open(f"{out}.log", "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, Path(f"{path.parent}.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.1)
-
-
-def finish(proc: subprocess.Popen, out: Path, timeout: float = 300.0) -> tuple[int, str]:
-    rc = proc.wait(timeout=timeout)
-    return rc, Path(f"{out}.log").read_text()
-
-
-def metrics_of(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory):
-    """Real train.py processes, started side by side:
-
-    - ``reference``: 3 epochs, never interrupted;
-    - ``killed``: the same command, SIGKILLed in the middle of epoch 1, then started again (same command,
-      same run dir) to the end;
-    - ``sigterm``: paused in epoch 1, a second process started into its run dir (must be refused), then
-      SIGTERM; ``sigint``: paused, then SIGINT;
-    - ``badtype``: ``trainer.max_epochs=abc`` (refused before any data is read).
-    """
-    tmp = tmp_path_factory.mktemp("lifecycle")
-    dirs = {name: tmp / name for name in ("reference", "killed", "sigterm", "sigint")}
-    procs = {
-        "reference": launch(dirs["reference"]),
-        "killed": launch(dirs["killed"], pause=True),
-        "sigterm": launch(dirs["sigterm"], pause=True),
-        "sigint": launch(dirs["sigint"], pause=True),
-        "badtype": launch(tmp / "badtype", "trainer.max_epochs=abc"),
-    }
-    results: dict = {"dirs": dirs}
-    wait_for(dirs["killed"] / "paused_at", procs["killed"])
-    assert (dirs["killed"] / "checkpoints" / "last.ckpt").is_file()  # epoch 0 is on disk
-    procs["killed"].kill()  # SIGKILL in the middle of epoch 1
-    results["killed_rc"] = procs["killed"].wait()
-    procs["resumed"] = launch(dirs["killed"], pause=True)
-
-    wait_for(dirs["sigterm"] / "paused_at", procs["sigterm"])
-    results["sigterm_pid"] = procs["sigterm"].pid
-    intruder = launch(tmp / "intruder_log_only", f"hydra.run.dir={dirs['sigterm']}")
-    results["intruder"] = finish(intruder, tmp / "intruder_log_only")
-    procs["sigterm"].send_signal(signal.SIGTERM)
-    wait_for(dirs["sigint"] / "paused_at", procs["sigint"])
-    procs["sigint"].send_signal(signal.SIGINT)
-    for name in ("reference", "resumed", "sigterm", "sigint", "badtype"):
-        results[name] = finish(procs[name], dirs.get("killed" if name == "resumed" else name, tmp / name))
-    return results
+from tests.support.processes import EPOCHS, REPO, STEPS_PER_EPOCH, finish, launch, metrics_of
 
 
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_numbers(processes):
@@ -124,6 +43,20 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_numbers(processes)
     for key in ("val/acc_best", "val/loss", "train/loss", "test/acc", "test/loss", "global_step"):
         assert resumed[key] == reference[key], key
     assert resumed["status"] == "completed" and resumed["global_step"] == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_sigkill_resume_with_workers_and_augmentation_gives_the_uninterrupted_numbers(processes):
+    """Every worker's random stream (the per-image rotations) and the order are functions of (seed, epoch)."""
+    rc, log = processes["workers_resumed"]
+    assert processes["workers_killed_rc"] == -signal.SIGKILL
+    assert rc == 0, log[-3000:]
+    reference, resumed = (
+        metrics_of(processes["dirs"]["workers_reference"]),
+        metrics_of(processes["dirs"]["workers_killed"]),
+    )
+    assert processes["workers_reference"][0] == 0, processes["workers_reference"][1][-3000:]
+    for key in ("val/acc_best", "val/loss", "train/loss", "test/acc", "test/loss", "global_step"):
+        assert resumed[key] == reference[key], key
 
 
 def test_last_checkpoint_holds_the_final_epoch_whatever_val_acc_did(processes):
@@ -153,6 +86,16 @@ def test_sigterm_and_sigint_exit_non_zero_with_status(processes):
     # the epoch-0 checkpoint is intact and resumable; the interrupted epoch was not half-saved
     last = load_checkpoint(processes["dirs"]["sigterm"] / "checkpoints" / "last.ckpt")
     assert last["global_step"] == STEPS_PER_EPOCH
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_signal_at_any_point_of_a_run_exits_non_zero_with_status(processes, phase):
+    rc, log = processes[phase]
+    assert (processes["dirs"][phase] / "paused_at").is_file()
+    name = "SIGTERM" if phase.startswith("sigterm") else "SIGINT"
+    expected = train_script.EXIT_SIGTERM if name == "SIGTERM" else train_script.EXIT_SIGINT
+    assert rc == expected, log[-3000:]
+    assert metrics_of(processes["dirs"][phase])["status"] == f"interrupted: {name}"
 
 
 def test_a_wrong_type_on_the_command_line_fails_at_once_naming_the_key(processes):
@@ -199,8 +142,11 @@ def test_a_schedule_that_can_never_validate_is_refused_up_front(tmp_path):
         run(tmp_path, "+trainer.limit_val_batches=0")
 
 
-def test_resuming_with_other_model_data_or_optimiser_settings_is_refused(one_epoch):
-    tmp, _ = one_epoch
+def test_resuming_with_other_model_data_or_optimiser_settings_is_refused(one_epoch, tmp_path):
+    # a run killed after its first epoch (a completed one is refused earlier: tests/runkit/test_run_dir.py)
+    shutil.copytree(one_epoch[0] / "run", tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").unlink()
+    tmp = tmp_path
     for override, key in (
         ("model.net.embed_dim=32", "model.net.embed_dim"),
         ("data.train_size=192", "data.train_size"),
