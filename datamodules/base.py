@@ -15,13 +15,34 @@ from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.errors import DataFileError, HonestSplitError
 
 AUGMENTATIONS = ("none", "rotation", "rot90", "rot90_flip")
 # The exact augmentations draw a random element of a gevit.groups group (p4: quarter turns; p4m: and mirrors).
 AUGMENTATION_GROUPS = {"rot90": "p4", "rot90_flip": "p4m"}
+
+
+def _processes() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class EvaluationShardSampler(DistributedSampler):
+    """Process ``r`` of ``W`` evaluates images ``r, r + W, r + 2W, ...``: every image exactly once, in order, with
+    shards that may differ by one image. (``DistributedSampler`` pads the shards to equal length with repeated
+    images, which would count them twice in a test metric.) A ``DistributedSampler``, so Lightning keeps it."""
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(dataset, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class TensorImageDataset(Dataset):
@@ -205,10 +226,13 @@ class BaseImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not build the {split} split")
+        # Evaluation under several processes: each image exactly once (a padded sampler would count duplicates)
+        sampler = EvaluationShardSampler(dataset) if not shuffle and _processes() > 1 else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -25,8 +25,10 @@ class RotationRobustnessCallback(Callback):
     """During ``trainer.test`` — which runs once, on the selected checkpoint — also evaluate the model on
     the same test batches rotated by every angle in ``angles`` (default every ``step_deg`` degrees).
 
-    Only the first ``max_samples`` test images (per process) are used, so the cost is bounded; it
-    follows ``trainer.limit_test_batches`` because it sees exactly the batches the test loop sees.
+    Only the first ``max_samples`` test images are used, so the cost is bounded; under several processes,
+    each evaluating every W-th image (``datamodules.base.EvaluationShardSampler``), process ``r`` takes those of
+    its images that are among the first ``max_samples``, so the result is that of one process. It follows
+    ``trainer.limit_test_batches`` because it sees exactly the batches the test loop sees.
     At the end of the test epoch it writes ``rotation_robustness.csv`` (angle, accuracy,
     invariance_error, num_samples) and ``rotation_robustness.png`` into ``output_dir``, logs
     ``test/rot_acc_mean``, ``test/rot_acc_min`` and ``test/invariance_error_rot90`` to every logger,
@@ -62,6 +64,7 @@ class RotationRobustnessCallback(Callback):
         self.meter = RotationRobustness(self.requested_angles, interpolation=interpolation, padding_mode=padding_mode)
         self.results: Optional[dict] = None
         self._seen = 0
+        self._budget: Optional[int] = max_samples
         self.label = label
         self.reference = read_rotation_robustness_csv(reference) if reference else None
         self.reference_label = reference_label or (Path(reference).stem if reference else None)
@@ -70,13 +73,19 @@ class RotationRobustnessCallback(Callback):
         self.meter.reset()
         self._seen = 0
         self.results = None
+        # this process's share of the first max_samples images when images are dealt out round-robin
+        self._budget = (
+            None
+            if self.max_samples is None
+            else len(range(trainer.global_rank, self.max_samples, max(1, trainer.world_size)))
+        )
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self.enabled or (self.max_samples is not None and self._seen >= self.max_samples):
+        if not self.enabled or (self._budget is not None and self._seen >= self._budget):
             return
         images, targets = batch[0], batch[1]
-        if self.max_samples is not None:
-            images, targets = images[: self.max_samples - self._seen], targets[: self.max_samples - self._seen]
+        if self._budget is not None:
+            images, targets = images[: self._budget - self._seen], targets[: self._budget - self._seen]
         self.meter.update(pl_module, images, targets)
         self._seen += len(targets)
 

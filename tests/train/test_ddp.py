@@ -26,10 +26,14 @@ DDP_CPU = [
 ]
 
 
+# An odd test set, and a robustness budget that is not a multiple of the process count: every image counts once.
+ODD = ["data.test_size=99", "data.eval_batch_size=32", "callbacks.rotation_robustness.max_samples=45"]
+
+
 def test_two_cpu_processes_make_one_run(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}", "print_config=false", *FAST, *DDP_CPU]
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}", "print_config=false", *FAST, *DDP_CPU, *ODD]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -45,7 +49,11 @@ def test_two_cpu_processes_make_one_run(tmp_path):
     assert "GLOBAL_RANK: 1" not in log  # Lightning's per-process lines: rank 0's only
 
     single, _ = train_script.run(
-        compose_config(FAST + ["train=false", f"ckpt_path={metrics['best_checkpoint']}"], tmp_path / "single")
+        compose_config(FAST + ODD + ["train=false", f"ckpt_path={metrics['best_checkpoint']}"], tmp_path / "single")
     )
     assert single["test/acc"] == metrics["test/acc"]
     assert single["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    robustness, alone = metrics["rotation_robustness"], single["rotation_robustness"]
+    assert robustness["num_samples"] == alone["num_samples"] == 45
+    assert robustness["accuracy"] == alone["accuracy"] and single["test/rot_acc_mean"] == metrics["test/rot_acc_mean"]
+    assert robustness["invariance_error"] == pytest.approx(alone["invariance_error"], rel=1e-5)
