@@ -90,8 +90,14 @@ class MNISTDataModule(BaseImageDataModule):
         if self.test_set_name == "rotmnist":
             self._rotmnist().prepare_data()
 
+    def _missing_files(self, split: str) -> list[str]:
+        directories = [Path(self.data_dir), Path(self.data_dir) / "MNIST" / "raw"]
+        return [name for name in MNIST_FILES[split] if find_file(directories, [name, name + ".gz"]) is None]
+
     def _download_or_fail(self, missing: list[str]) -> None:
-        names = [name for split in missing for name in MNIST_FILES[split]]
+        names = [name for split in missing for name in self._missing_files(split)] or [
+            name for split in missing for name in MNIST_FILES[split]
+        ]
         where = Path(self.data_dir) / names[0]
         how = (
             f"Run with data.download=true, or put {', '.join(names)} (optionally .gz) into {self.data_dir} "

@@ -410,6 +410,14 @@ def test_mnist_missing_files_without_download(tmp_path):
     assert_names(error, "train-images-idx3-ubyte", "not found", "download=true")
 
 
+def test_mnist_missing_labels_file_is_named(mnist_dir):
+    labels = next(p for p in mnist_dir.rglob("train-labels-idx1-ubyte*"))
+    labels.unlink()
+    with pytest.raises(DataFileError) as error:
+        MNISTDataModule(data_dir=str(mnist_dir), download=False).prepare_data()
+    assert "train-labels-idx1-ubyte" in str(error.value) and "train-images" not in str(error.value).split(":")[0]
+
+
 def test_mnist_truncated_idx_names_file(mnist_dir):
     path = mnist_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     data = gzip.decompress(path.read_bytes())
@@ -552,6 +560,8 @@ def test_pcam_loader_with_worker_processes(tmp_path):
         ("length_mismatch", "has 5 labels but"),
         ("bad_labels", "PCam labels are 0 or 1"),
         ("truncated", "HDF5"),
+        ("empty", "holds no patches"),
+        ("corrupt_chunk", "its patches cannot be read"),
     ],
 )
 def test_pcam_bad_files(tmp_path, case, fragment):
@@ -579,6 +589,19 @@ def test_pcam_bad_files(tmp_path, case, fragment):
     elif case == "truncated":
         with open(x_path, "r+b") as handle:
             handle.truncate(os.path.getsize(x_path) // 2)
+    elif case == "empty":
+        with h5py.File(x_path, "w") as handle:
+            handle.create_dataset("x", shape=(0, 96, 96, 3), dtype=np.uint8)
+    elif case == "corrupt_chunk":  # a compressed chunk in the middle of the file is damaged
+        with h5py.File(x_path, "w") as handle:
+            handle.create_dataset(
+                "x", data=np.zeros((6, 96, 96, 3), np.uint8), chunks=(1, 96, 96, 3), compression="gzip"
+            )
+        with h5py.File(x_path, "r") as handle:
+            info = handle["x"].id.get_chunk_info(3)
+        with open(x_path, "r+b") as handle:
+            handle.seek(info.byte_offset)
+            handle.write(b"\xff" * info.size)
     with pytest.raises(DataFileError) as error:
         PCamDataModule(data_dir=str(tmp_path)).setup()
     assert_names(error, str(culprit), fragment)
