@@ -84,7 +84,7 @@ def register_safe_globals() -> None:
 
 
 def _source(path: Path, option: Optional[str], what: str) -> str:
-    return f"{option}={path}" if option else f"{what} {path}"
+    return f"the {what} {option}={path}" if option else f"the {what} {path}"
 
 
 def _looks_like_text(head: bytes) -> bool:

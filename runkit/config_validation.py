@@ -195,6 +195,23 @@ def check_node(key: str, node: DictConfig, problems: list[str]) -> None:
                 OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
             )
             problems.append(f"{full}={shown!r}: expected {_type_name(params[name])}")
+        elif verdict and name in OPTIMISER_RANGES and _is_optimiser(target):
+            low, high, expected = OPTIMISER_RANGES[name]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+                problems.append(f"{full}={value!r}: expected {expected}")
+
+
+# Values an optimiser accepts but cannot train with: they overflow its state in the first steps.
+OPTIMISER_RANGES = {
+    "lr": (1e-12, 10.0, "a learning rate in [1e-12, 10]"),
+    "weight_decay": (0.0, 10.0, "a weight decay in [0, 10]"),
+}
+
+
+def _is_optimiser(target: Any) -> bool:
+    import torch
+
+    return isinstance(target, type) and issubclass(target, torch.optim.Optimizer)
 
 
 def _walk(node: Any, key: str, problems: list[str]) -> None:

@@ -44,6 +44,37 @@ def configure_wandb(cfg, identity: dict) -> None:
         node.tags = list(dict.fromkeys([*(node.get("tags") or []), *identity["tags"]]))
 
 
+# How long wandb.init may wait for W&B's server (seconds; wandb's own default is several minutes). WANDB_INIT_TIMEOUT,
+# when set, wins.
+INIT_TIMEOUT_S = 30
+
+
+def start_wandb_runs(trainer) -> None:
+    """Start the W&B run of every W&B logger now, online within :data:`INIT_TIMEOUT_S` seconds; a run that cannot
+    reach W&B's server continues offline with a warning (it is written under the run directory: ``wandb sync`` it
+    later), so a network problem never costs a training run."""
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", str(INIT_TIMEOUT_S))
+    for logger in wandb_loggers(trainer):
+        try:
+            logger.experiment
+        except Exception as err:
+            if logger._wandb_init.get("mode") == "offline" or os.environ.get("WANDB_MODE") == "disabled":
+                raise
+            log.warning(
+                "W&B could not start online (%s: %s) within WANDB_INIT_TIMEOUT=%ss; continuing offline, the run is "
+                "written under %s (`wandb sync` it later; WANDB_MODE=offline skips the attempt)",
+                type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "",
+                os.environ["WANDB_INIT_TIMEOUT"],
+                logger.save_dir,
+            )
+            finish_wandb()
+            logger._wandb_init["mode"] = "offline"
+            logger._experiment = None
+            os.environ["WANDB_MODE"] = "offline"  # the mode wandb reads first, for this process
+            logger.experiment
+
+
 def wandb_loggers(trainer) -> list:
     """The trainer's ``WandbLogger``s (none when W&B is not configured)."""
     from lightning.pytorch.loggers import WandbLogger

@@ -21,6 +21,9 @@ from tests.support.compose import CONF_DIR, FAST, compose_config
         ("+model.net.no_such_option=1", "model.net.no_such_option: gevit.models.VisionTransformer has no option"),
         ("memory_check=maybe", "memory_check='maybe': expected one of 'error', 'warn', 'off'"),
         ("data.batch_size=[64]", "data.batch_size=[64]: expected int"),
+        ("model.optimizer.lr=1e38", "model.optimizer.lr=1e+38: expected a learning rate in [1e-12, 10]"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0: expected a learning rate in [1e-12, 10]"),
+        ("model.optimizer.weight_decay=-1", "model.optimizer.weight_decay=-1: expected a weight decay in [0, 10]"),
     ],
 )
 def test_a_wrong_value_names_its_key(override, message, tmp_path, monkeypatch):

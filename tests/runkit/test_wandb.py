@@ -3,6 +3,7 @@ summary; the rotation curve as a table. Offline only (no network, no credentials
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,28 @@ def test_offline_wandb_run_has_identity_summary_and_rotation_table(tmp_path, mon
     assert summary["train/images_per_s"] > 0 and summary["test/images_per_s"] > 0
     assert "test/rotation_robustness" in summary  # the accuracy-vs-angle table
     assert list(Path(tmp_path / "run").rglob("offline-run-*"))  # stays on disk, for `wandb sync`
+
+
+def test_a_wandb_server_that_cannot_be_reached_costs_nothing_but_a_warning(tmp_path, monkeypatch, caplog):
+    """WANDB_MODE=online with no network: the run goes on offline (bounded wait, one warning naming the way)."""
+    pytest.importorskip("wandb")
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    real_init, attempts = wandb.init, []
+
+    def unreachable(*args, **kwargs):
+        attempts.append(os.environ.get("WANDB_MODE"))
+        if os.environ.get("WANDB_MODE") == "online":
+            raise wandb.errors.CommError("Network error (ConnectionError), entering retry loop.")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    cfg = compose_config(FAST + ["logger=wandb", "trainer.max_epochs=1"], tmp_path / "run")
+    metrics, _ = train_script.run(cfg)
+    assert metrics["status"] == "completed" and attempts == ["online", "offline"]
+    assert "W&B could not start online (CommError" in caplog.text and "wandb sync" in caplog.text
+    assert os.environ["WANDB_INIT_TIMEOUT"] == "30"
+    assert list(Path(tmp_path / "run").rglob("offline-run-*"))
