@@ -15,6 +15,7 @@ plugins nowhere else) and uses the functions here.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import math
 import os
@@ -88,7 +89,7 @@ def check_launcher(config: DictConfig) -> None:
             f"invalid Slurm setting: {gpu_source}=0 asks for no GPU, but trainer.accelerator={accelerator}: "
             "add trainer.accelerator=cpu for a CPU partition, or ask for GPUs"
         )
-    if accelerator in ("gpu", "cuda") and devices > gpus:
+    if (accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)) and devices > gpus:
         raise ConfigError(
             f"invalid Slurm setting: trainer.devices={devices} processes per node, but {gpu_source}={gpus} GPUs "
             "per node: one GPU per process"
@@ -107,8 +108,8 @@ class QueueStateWatcher(SlurmInfoWatcher):
         command = super()._make_command()
         if command is None or not self.use_squeue:
             return command
-        ids = sorted({job_id.split("_")[0] for job_id in self._registered - self._finished})
-        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", f"--jobs={','.join(ids)}"]
+        # every job of this user, not --jobs: squeue refuses a job id it has already forgotten (MinJobAge)
+        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", f"--user={getpass.getuser()}"]
 
     def update(self) -> None:
         command = self._make_command()
