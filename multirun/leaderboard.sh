@@ -26,9 +26,12 @@
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
 #   LEADERBOARD_DIR=logs/leaderboard/main bash multirun/leaderboard.sh   # fill (or resume) a table in that folder
-# Runs go seed by seed (seed 0 of every family, then seed 1, ...) into <folder>/<family>/seed<N>. A run whose
-# metrics.json says completed is skipped and a killed one resumes from its last.ckpt, so the same command
-# finishes an interrupted table; FAMILIES/SEEDS pick what to run now, the table counts every completed run.
+# Runs go seed by seed (seed 0 of every family, then seed 1, ...) into <folder>/<family>/seed<N>. A run that
+# completed with the same settings (overrides: budget, data, debug state, extra arguments) is kept and a
+# killed one resumes from its last.ckpt, so the same command finishes an interrupted table: without
+# LEADERBOARD_DIR it continues the newest unfinished table of the same settings (and names an unfinished one of
+# other settings). A folder holding a run of other settings is refused before anything is trained, so one
+# table never mixes budgets. FAMILIES/SEEDS pick what to run now; the table counts every completed run.
 # Further arguments go to every train.py call (e.g. trainer=gpu).
 source "$(dirname "$0")/lib.sh" "$@"
 # the command as run, with the budget variables that were set (the table says what it measured)
@@ -57,24 +60,57 @@ if $SMOKE; then
     GRID_SEEDS="${SEEDS:-0}"
     COMMON=("${SMOKE_DATA[@]}")
 fi
-SWEEP_DIR="${LEADERBOARD_DIR:-$(new_sweep_dir "$TASK")}"
+# What makes two calls the same table (the seeds and families may differ: they add rows and runs).
+TABLE_SETTINGS="smoke=$SMOKE GEVIT_EPOCHS=$GEVIT_EPOCHS HYBRID_EPOCHS=$HYBRID_EPOCHS POSTHOC_EPOCHS=$POSTHOC_EPOCHS"
+TABLE_SETTINGS+=" POSTHOC_ZERO_SHOT=$ZERO_SHOT POSTHOC_LEARNED=$LEARNED arguments: ${ARGS[*]:-}"
+unfinished_table() {
+    # the newest table folder of this task that was started and not finished: resumed if its settings match
+    local started folder
+    for started in $(ls -1d "${GEVIT_LOG_DIR:-logs}/$TASK/multiruns/"*/leaderboard.started 2>/dev/null | sort -r); do
+        folder=$(dirname "$started")
+        [[ -f "$folder/leaderboard.finished" ]] && continue
+        if [[ "$(cat "$started")" == "$TABLE_SETTINGS" ]]; then
+            echo "leaderboard: resuming the unfinished table in $folder (LEADERBOARD_DIR=<new folder> starts another)" >&2
+            echo "$folder"
+        else
+            echo "leaderboard: $folder holds an unfinished table of other settings ($(cat "$started")); continue it" \
+                "with LEADERBOARD_DIR=$folder and those settings. Starting a new one." >&2
+        fi
+        return 0
+    done
+}
+SWEEP_DIR="${LEADERBOARD_DIR:-$(unfinished_table)}"
+SWEEP_DIR="${SWEEP_DIR:-$(new_sweep_dir "$TASK")}"
+mkdir -p "$SWEEP_DIR"
+[[ -f "$SWEEP_DIR/leaderboard.started" ]] || echo "$TABLE_SETTINGS" >"$SWEEP_DIR/leaderboard.started"
+rm -f "$SWEEP_DIR/leaderboard.finished"
+echo "leaderboard: table folder $SWEEP_DIR" >&2
 wanted() { [[ ",$FAMILIES," == *",$1,"* ]]; }
 tiny() { if $SMOKE; then echo "$@"; fi; }
-completed() { [[ -f "$1/metrics.json" ]] && grep -q '"status": "completed"' "$1/metrics.json"; }
-# One run of a family: $SWEEP_DIR/<family>/seed<SEED>, skipped when it completed before.
+CHECK_ONLY=false
+# One run of a family: $SWEEP_DIR/<family>/seed<SEED>. With CHECK_ONLY, only checks that the folder holds
+# nothing of other settings (scripts/leaderboard.py --check-run; set -e stops the script on a refusal);
+# otherwise runs it, unless it completed before with the same settings.
 family() {
     local name="$1"; shift
     wanted "$name" || return 0
-    local dir="$SWEEP_DIR/$name/seed$SEED"
-    if completed "$dir"; then echo "leaderboard: $name seed $SEED completed before, kept" >&2; return 0; fi
-    "$PY" train.py "$@" "${COMMON[@]}" task_name="$TASK" hydra.run.dir="$dir" seed="$SEED" "${ARGS[@]}"
+    local dir="$SWEEP_DIR/$name/seed$SEED" state
+    local overrides=("$@" "${COMMON[@]}" task_name="$TASK" seed="$SEED" "${ARGS[@]}")
+    if $CHECK_ONLY; then
+        state=$("$PY" scripts/leaderboard.py --check-run "$dir" --ignore-suffix=ckpt_path "${overrides[@]}")
+        return 0
+    fi
+    state=$("$PY" scripts/leaderboard.py --check-run "$dir" "${overrides[@]}")
+    if [[ "$state" == keep ]]; then echo "leaderboard: $name seed $SEED completed before, kept" >&2; return 0; fi
+    "$PY" train.py "${overrides[@]}" hydra.run.dir="$dir"
 }
 # A post-hoc wrapper of the same seed's stage-1 run (its checkpoint selected on validation).
 posthoc() {
     local name="$1" stage1="$2"; shift 2
     wanted "$name" || return 0
     local ckpt
-    ckpt=$(ls "$SWEEP_DIR/$stage1/seed$SEED"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
+    ckpt=$(ls "$SWEEP_DIR/$stage1/seed$SEED"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1 || true)
+    if $CHECK_ONLY; then ckpt="${ckpt:-not-trained-yet}"; fi
     if [[ -z "$ckpt" ]]; then
         echo "leaderboard: $name needs the $stage1 run of seed $SEED (FAMILIES must include $stage1)" >&2
         exit 1
@@ -119,6 +155,11 @@ one_seed() {
     # shellcheck disable=SC2046
     family hybrid_p4m model=hybrid model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
 }
+CHECK_ONLY=true  # every planned run first: refuse a folder of other settings before training anything
+for SEED in ${GRID_SEEDS//,/ }; do
+    one_seed
+done
+CHECK_ONLY=false
 for SEED in ${GRID_SEEDS//,/ }; do
     one_seed
 done
@@ -127,5 +168,7 @@ OUT=(--out docs/leaderboard.md --figure docs/leaderboard.png)
 if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
+# the budgets the runs had are read from the runs themselves (epochs column, data sizes in the header)
 "$PY" scripts/leaderboard.py "$SWEEP_DIR" "${OUT[@]}" \
-    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --families "$FAMILIES" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}" --budgets "$(sed -n '/^# Budget per family/,/^# Measured per run/p' "$0")"
+    --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --families "$FAMILIES" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}"
+touch "$SWEEP_DIR/leaderboard.finished"

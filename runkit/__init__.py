@@ -20,7 +20,10 @@
   :func:`~runkit.checkpoint_loading.load_run`, which rebuilds the LightningModule of any ``train.py`` checkpoint;
 - :mod:`runkit.wandb_logging`: everything W&B (credentials check, logger identity and summary, rotation
   table, figures, results tables);
-- :mod:`runkit.plots`: the accuracy-vs-angle figure.
+- :mod:`runkit.plots`: the accuracy-vs-angle figure;
+- :mod:`runkit.sweeps`: multiruns (each sweep claims its own folder; failed Optuna trials do not stop a search);
+- :mod:`runkit.slurm`: Slurm settings checked before submission, CPU partitions, clusters without accounting
+  (the Hydra plugins that use them are in ``hydra_plugins/gevit_sweeps``).
 """
 
 from runkit.checkpoint_loading import CheckpointError, LoadedRun, load_run

@@ -1,14 +1,22 @@
 """The leaderboard of multirun/leaderboard.sh: one row per model family from the metrics.json of its runs.
 
     python scripts/leaderboard.py SWEEP_DIR [--out docs/leaderboard.md] [--figure docs/leaderboard.png]
+    python scripts/leaderboard.py --check-run RUN_DIR OVERRIDE...   # multirun/leaderboard.sh: may RUN_DIR be reused?
 
 SWEEP_DIR holds one folder per family (its name is the row), each with one job folder per seed holding the
-metrics.json that train.py writes. Only completed runs count; a family's cell says how many completed out of
-the planned ``--seeds`` (or of the runs present), e.g. (3/3), or (1/3) for a table still being filled.
-Columns: test accuracy mean ± std over seeds, rot90 invariance error (test/invariance_error_rot90, mean),
-accuracy at 45 degrees (from rotation_robustness), parameters (model/params), train images/s
-(train/images_per_s, mean) and wall time per run (duration_s, mean). The figure draws each family's
-accuracy-vs-angle curve averaged over its seeds.
+metrics.json that train.py writes. Only completed runs count, and debug runs (fast_dev_run, limit_*_batches,
+overfit_batches) never do; a family's cell says how many completed out of the planned ``--seeds`` (or of the
+runs present), e.g. (3/3), or (1/3) for a table still being filled. Columns: the budget each family's runs
+actually had (epochs trained; the data sizes are in the header, or per row where they differ), test accuracy
+mean ± std over seeds, rot90 invariance error (test/invariance_error_rot90, mean), accuracy at 45 degrees (from
+rotation_robustness), parameters (model/params), train images/s (train/images_per_s, mean) and wall time per
+run (duration_s, mean). Runs of one family with different budgets are refused, not averaged. The figure draws
+each family's accuracy-vs-angle curve averaged over its seeds.
+
+``--check-run`` compares a run folder with the overrides a leaderboard run would now get (its
+``.hydra/overrides.yaml``, so the budget and the debug state included): prints ``new`` (nothing there),
+``keep`` (completed with these settings), ``resume`` (started with these settings) or, for a run of other
+settings, says which and exits 1, so a table never mixes budgets.
 """
 
 from __future__ import annotations
@@ -22,27 +30,76 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from any checkout or folder
     sys.path.insert(0, str(REPO))
 
 
+DEBUG_KEYS = ("fast_dev_run", "limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")
+
+
+def debug_state(trainer: dict) -> Optional[str]:
+    """``fast_dev_run=True`` (or another shortened schedule) of a run's trainer config; None for a real run.
+    (Lightning reads an int limit as a number of batches and a float as a fraction: ``1`` is one batch.)"""
+    for key in DEBUG_KEYS:
+        value = trainer.get(key)
+        whole = value is None or value is False or (isinstance(value, float) and value == 1.0)
+        if whole or (key in ("fast_dev_run", "overfit_batches") and value == 0):
+            continue
+        return f"{key}={value}"
+    return None
+
+
+def budget_of(run_dir: Path, metrics: dict) -> dict:
+    """What a run was given: data sizes, epochs, the rotation curve's sample budget and its debug state."""
+    config_file = run_dir / "config_resolved.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    trainer = (config or {}).get("trainer") or {}
+    curve = ((config or {}).get("callbacks") or {}).get("rotation_robustness") or {}
+    sizes = metrics.get("data_sizes") or {}
+    return {
+        "data": tuple(sizes.get(split) for split in ("train", "val", "test")) if sizes else None,
+        "epochs": trainer.get("max_epochs"),
+        "curve_samples": curve.get("max_samples"),
+        "debug": debug_state(trainer),
+    }
+
+
 def collect(sweep_dir: Path) -> dict[str, list[dict]]:
-    """``{family: [metrics of each run]}`` in the order the families were written (folder mtime)."""
+    """``{family: [metrics of each run, with its "budget" and "run_dir"]}`` in the order the families were
+    written (folder mtime)."""
     families: dict[str, list[dict]] = {}
     folders = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
     for folder in folders:
         runs = []
         for path in sorted(folder.rglob("metrics.json")):
             try:
-                runs.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path}: not a readable metrics.json ({err})") from err
+                metrics = json.loads(path.read_text())
+                metrics.update(budget=budget_of(path.parent, metrics), run_dir=str(path.parent))
+            except (OSError, json.JSONDecodeError, yaml.YAMLError) as err:
+                raise ValueError(f"{path}: not a readable run ({err})") from err
+            runs.append(metrics)
         if runs:
             families[folder.name] = runs
     if not families:
         raise ValueError(f"{sweep_dir}: no <family>/<run>/metrics.json files")
     return families
+
+
+def counted(runs: list[dict]) -> list[dict]:
+    """The runs a row reports: completed, with a test accuracy, not debug runs. Their budgets must agree."""
+    done = [
+        r
+        for r in runs
+        if r.get("status") == "completed" and r.get("test/acc") is not None and not (r.get("budget") or {}).get("debug")
+    ]
+    budgets = {(r["budget"]["data"], r["budget"]["epochs"]) for r in done if r.get("budget")}
+    if len(budgets) > 1:
+        shown = "; ".join(f"{r['run_dir']}: data {r['budget']['data']}, {r['budget']['epochs']} epochs" for r in done)
+        raise ValueError(f"refusing to average runs of different budgets in one row: {shown}")
+    return done
 
 
 def _mean(values: list) -> Optional[float]:
@@ -58,12 +115,25 @@ def accuracy_at(run: dict, angle: float) -> Optional[float]:
     return None
 
 
+def epochs_of(run: dict) -> str:
+    """The epochs a run trained: ``0`` for a model with nothing to train (a zero-shot wrapper)."""
+    if run.get("epochs_trained") is not None:
+        return str(run["epochs_trained"])
+    return "0" if run.get("model/params_trainable") == 0 else "–"
+
+
 def summarise(runs: list[dict], seeds: int = 0) -> dict:
-    """One row's numbers; ``runs`` reads completed/planned (planned: ``seeds``, or the runs present if more)."""
-    done = [r for r in runs if r.get("status") == "completed" and r.get("test/acc") is not None]
+    """One row's numbers; ``runs`` reads completed/planned (planned: ``seeds``, or the runs present if more),
+    plus the debug runs left out."""
+    done = counted(runs)
     accs = [100 * float(r["test/acc"]) for r in done]
+    debug = sorted({r["budget"]["debug"] for r in runs if (r.get("budget") or {}).get("debug")})
+    trained = sorted({epochs_of(r) for r in done})
     return {
-        "runs": f"{len(done)}/{max(seeds, len(runs))}",
+        "runs": f"{len(done)}/{max(seeds, len(runs))}"
+        + (f", debug runs left out: {', '.join(debug)}" if debug else ""),
+        "epochs": ", ".join(trained) if done else None,
+        "data": done[0]["budget"]["data"] if done and done[0].get("budget") else None,
         "acc_mean": statistics.fmean(accs) if accs else None,
         "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
         "invariance_error": _mean([r.get("test/invariance_error_rot90") for r in done]),
@@ -78,6 +148,10 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _sizes(data: Optional[tuple]) -> str:
+    return "–" if not data else " / ".join("?" if n is None else f"{n:,}" for n in data)
+
+
 def markdown(
     families: dict[str, list[dict]],
     command: str,
@@ -86,34 +160,47 @@ def markdown(
     figure: Optional[str] = None,
     seeds: int = 0,
 ) -> str:
+    rows = {name: summarise(runs, seeds) for name, runs in families.items()}
+    sizes = {s["data"] for s in rows.values() if s["data"]}
+    samples = {r["budget"]["curve_samples"] for runs in families.values() for r in counted(runs)}
+    if len(sizes) == 1:
+        (data,) = sizes
+        data_text = (
+            f"Data: {_sizes(data)} train / val / test images of the embedded RotMNIST-mini in every row; "
+            f"test accuracy on the {data[2]:,} held-out test digits"
+        )
+    else:
+        data_text = (
+            "Data sizes differ between rows (train / val / test in each row); test accuracy on each row's test digits"
+        )
+    curve_text = ", ".join(f"{n:,}" for n in sorted(samples, key=str) if n is not None) or "–"
     lines = [
         "# Leaderboard on the embedded RotMNIST-mini",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine}",
         "",
-        "Test accuracy on the 3,000 rotated held-out digits (checkpoint selected on validation, tested once), "
-        "mean ± std over seeds (no ± where one run completed); rot90 invariance error: relative logit change under a 90-degree rotation; "
-        "wall time: whole run (train + test + robustness curve).",
+        f"{data_text} (rotated; the upright_* rows train and validate on upright digits), checkpoint selected "
+        "on validation, tested once; mean ± std over seeds (no ± where one run completed); epochs: as trained by "
+        "the runs counted (0: nothing trained); rot90 invariance error: relative logit change under a 90-degree "
+        f"rotation; accuracy at 45°: on {curve_text} test images; wall time: whole run (train + test + robustness curve).",
         "",
     ]
     if budgets.strip():
-        lines += ["Budgets (from the script header):", "", "```", budgets.strip(), "```", ""]
-    lines += [
-        "| family | runs | test acc (%) | rot90 inv. error | acc at 45° (%) | params | train images/s | wall time (min) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, runs in families.items():
-        s = summarise(runs, seeds)
+        lines += ["Notes:", "", "```", budgets.strip(), "```", ""]
+    per_row_data = len(sizes) > 1
+    header = ["family", "runs", "epochs", *(["data"] if per_row_data else []), "test acc (%)", "rot90 inv. error"]
+    header += ["acc at 45° (%)", "params", "train images/s", "wall time (min)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in rows.items():
         acc = "–" if s["acc_mean"] is None else f"{s['acc_mean']:.2f}"
         if s["acc_std"] is not None:  # a spread only where there are two runs or more
             acc += f" ± {s['acc_std']:.2f}"
         wall = None if s["wall_s"] is None else s["wall_s"] / 60
-        lines.append(
-            f"| {name} | ({s['runs']}) | {acc} | {_fmt(s['invariance_error'], '.1e')} | "
-            f"{_fmt(s['acc_45'], '.1f')} | {_fmt(s['params'], ',')} | {_fmt(s['images_per_s'], '.1f')} | "
-            f"{_fmt(wall, '.1f')} |"
-        )
+        cells = [name, f"({s['runs']})", s["epochs"] or "–", *([_sizes(s["data"])] if per_row_data else [])]
+        cells += [acc, _fmt(s["invariance_error"], ".1e"), _fmt(s["acc_45"], ".1f"), _fmt(s["params"], ",")]
+        cells += [_fmt(s["images_per_s"], ".1f"), _fmt(wall, ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
     if figure:
         lines += ["", f"![accuracy vs angle]({figure})"]
     return "\n".join(lines) + "\n"
@@ -122,9 +209,7 @@ def markdown(
 def mean_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
     curves = {}
     for name, runs in families.items():
-        done = [
-            r["rotation_robustness"] for r in runs if r.get("status") == "completed" and r.get("rotation_robustness")
-        ]
+        done = [r["rotation_robustness"] for r in counted(runs) if r.get("rotation_robustness")]
         if not done:
             continue
         angles = done[0]["angles"]
@@ -152,14 +237,52 @@ def machine_description() -> str:
     )
 
 
+def check_run(run_dir: Path, overrides: Sequence[str], ignore_suffix: str = "") -> tuple[str, str]:
+    """(state, message) of a leaderboard run folder against the overrides it would now be run with: ``new``,
+    ``keep`` (completed with exactly these overrides), ``resume`` (started with them) or ``other`` (a run of
+    other settings: another budget, a debug run, ...; the message names the differences). Overrides whose key
+    ends in ``ignore_suffix`` are not compared (the stage-1 checkpoint of a post-hoc run not trained yet)."""
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        return (
+            ("other", f"{run_dir} holds files but no .hydra/overrides.yaml")
+            if (run_dir / "metrics.json").is_file()
+            else ("new", "")
+        )
+
+    def keyed(items: Sequence[str]) -> dict[str, str]:
+        pairs = (str(o).lstrip("+~").partition("=")[::2] for o in items)
+        # hydra.* overrides are not recorded in overrides.yaml (they say where, not what)
+        return {
+            k: v for k, v in pairs if not k.startswith("hydra") and not (ignore_suffix and k.endswith(ignore_suffix))
+        }
+
+    before, now = keyed(yaml.safe_load(recorded.read_text()) or []), keyed(overrides)
+    differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differing:
+        shown = ", ".join(f"{k}: {before.get(k, '(not set)')} there, {now.get(k, '(not set)')} now" for k in differing)
+        return "other", f"{run_dir} holds a run of other settings ({shown})"
+    metrics = run_dir / "metrics.json"
+    completed = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed"
+    return ("keep", "") if completed else ("resume", "")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--check-run"]:
+        ignore = argv[2].split("=", 1)[1] if len(argv) > 2 and argv[2].startswith("--ignore-suffix=") else ""
+        state, message = check_run(Path(argv[1]), argv[3:] if ignore else argv[2:], ignore)
+        if state == "other":
+            raise SystemExit(f"leaderboard: {message}")
+        print(state)
+        return state
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: SWEEP_DIR/results.md)")
     parser.add_argument("--figure", type=Path, default=None, help="PNG (default: next to --out, leaderboard.png)")
     parser.add_argument("--command", default="bash multirun/leaderboard.sh")
     parser.add_argument("--machine", default=None, help="default: described from this machine")
-    parser.add_argument("--budgets", default="", help="text block quoted under the header")
+    parser.add_argument("--budgets", default="", help="text block quoted under the header (notes)")
     parser.add_argument(
         "--seeds", type=int, default=0, help="runs planned per family (the 'runs' column: done/planned)"
     )

@@ -4,12 +4,19 @@
     python scripts/results_table.py SWEEP --rows model/aggregator --columns model.regime --metrics val/acc_best test/acc
     python scripts/results_table.py SWEEP_A SWEEP_B --out docs/tables/gevit --wandb
 
-Every job directory below the given folders that holds a ``metrics.json`` is one run. What a run *is*
-comes from its Hydra overrides (``.hydra/overrides.yaml``, paths and logging details left out): the
-overrides whose value differs between runs, except ``seed``, name the methods (rows) and the regimes
-(columns; by default ``model.regime`` or else ``model.net.attention_window`` when swept). Runs that differ only in
-their seed are repeats: each cell is ``mean ± std (n)`` over them (sample std; percentages for
-accuracies). A cell whose runs did not all complete says so: ``(2/3)``.
+Every job directory below the given folders is one run: its ``metrics.json``, or, where a job failed before
+writing one, its Hydra folder (``.hydra/``); jobs a sweep planned (its ``multirun.yaml``) that never got a
+folder count too. What a run *is* comes from its Hydra overrides (``.hydra/overrides.yaml``, paths and logging
+details left out), or from its ``config_resolved.yaml`` where there are none: the settings whose value differs
+between runs, except ``seed``, name the methods (rows) and the regimes (columns; by default ``model.regime`` or
+else ``model.net.attention_window`` when swept). Runs that differ only in their seed are repeats: each cell is
+``mean ± std (n)`` over them (sample std; percentages for accuracies). A cell whose runs did not all complete
+says so, ``(2/3)``, and the failed and missing runs are listed under the table.
+
+Refused, with a message naming the runs: averaging runs whose settings differ (their resolved configs, paths
+and logging left out) and counting one run twice (the same folder reached twice, or the same seed twice in a
+cell, e.g. a run copied into two sweeps). ``--rows``/``--columns``/``--metrics`` naming nothing that exists
+are warned about.
 
 Writes ``results.md`` (the table), ``results.csv`` (one line per cell and metric: mean, std, n, the
 values) and ``runs.csv`` (one line per run) into ``--out`` (default: the first sweep folder), prints
@@ -42,19 +49,47 @@ from runkit.naming import naming_overrides  # noqa: E402  (one definition of "wh
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
 DEFAULT_COLUMN_KEYS = ("model.regime", "model.net.attention_window")
 REPEAT_KEYS = {"seed"}
+# Settings that say nothing about what a run computes (besides paths: any value with a slash).
+BOOKKEEPING_KEYS = (
+    "hydra.",
+    "paths.",
+    "logger",
+    "task_name",
+    "print_config",
+    "tags",
+    "figure.",
+    "memory_check",
+    "auto_resume",
+    "trainer.enable_progress_bar",
+)
+NO_METRICS = "no metrics.json (failed before the run started, or still running)"
+NEVER_STARTED = "missing: planned by the sweep, never started (no job folder)"
+
+
+class TableError(ValueError):
+    """The runs cannot be tabled honestly as asked; the message names them."""
 
 
 @dataclass
 class Run:
-    """One job directory: its overrides (key -> value) and its metrics.json."""
+    """One job: its directory, its overrides (key -> value), its metrics.json and its settings (the resolved
+    config, flattened; None when it has no config_resolved.yaml)."""
 
     path: Path
     overrides: dict[str, str]
     metrics: dict = field(default_factory=dict)
+    settings: Optional[dict[str, str]] = None
+    has_overrides: bool = True  # False: no .hydra/overrides.yaml (the run is then named by its settings)
 
     @property
     def completed(self) -> bool:
         return self.metrics.get("status") == "completed"
+
+    @property
+    def seed(self) -> Optional[str]:
+        if self.settings is not None and "seed" in self.settings:
+            return self.settings["seed"]
+        return self.overrides.get("seed", None if self.metrics.get("seed") is None else str(self.metrics["seed"]))
 
 
 def natural_key(path: Path) -> list:
@@ -70,32 +105,122 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
+def flatten(node, prefix: str = "") -> dict[str, str]:
+    """``{"model.net.depth": "1", ...}`` of a nested config (lists kept whole, as their YAML flow text)."""
+    if isinstance(node, dict):
+        flat: dict[str, str] = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()}
+
+
+def run_settings(run_dir: Path) -> Optional[dict[str, str]]:
+    """What the run computes: its resolved config, flattened, without seeds, paths, logging and bookkeeping."""
+    config_file = run_dir / "config_resolved.yaml"
+    if not config_file.is_file():
+        return None
+    try:
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_file} is not valid YAML ({err})") from err
+    return {
+        key: value
+        for key, value in flatten(config).items()
+        if not key.startswith(BOOKKEEPING_KEYS) and "/" not in value and "\\" not in value
+    }
+
+
+def read_overrides(run_dir: Path) -> Optional[dict[str, str]]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return None
+    return parse_overrides(yaml.safe_load(overrides_file.read_text()) or [])
+
+
+def planned_jobs(sweep_file: Path) -> Optional[list[dict[str, str]]]:
+    """The jobs a grid sweep planned (from its ``multirun.yaml``: Hydra's own expansion of the overrides);
+    None where they cannot be told (another sweeper, or sweep syntax that needs the config, such as glob)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        hydra_cfg = yaml.safe_load(sweep_file.read_text())["hydra"]
+        if not str(hydra_cfg["sweeper"]["_target_"]).endswith("BasicSweeper"):
+            return None
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in hydra_cfg["overrides"]["task"]])
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # not Hydra's file, or a sweep Hydra cannot expand without the config
+        return None
+    return [parse_overrides(job) for batch in batches for job in batch]
+
+
 def find_runs(folders: Sequence[Path]) -> list[Run]:
-    """Every job directory with a ``metrics.json`` below ``folders`` (submitit's folders skipped)."""
-    runs = []
+    """Every job below ``folders`` (submitit's folders skipped): the directories with a ``metrics.json`` or a
+    ``.hydra/`` folder, plus the jobs a ``multirun.yaml`` planned that have no directory."""
+    runs: list[Run] = []
+    seen: dict[Path, Path] = {}
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a directory (expected a sweep folder under logs/)")
-        for metrics_file in sorted(folder.rglob("metrics.json"), key=natural_key):
-            run_dir = metrics_file.parent
+        job_dirs = {p.parent for p in folder.rglob("metrics.json")} | {
+            p.parent.parent for p in folder.rglob(".hydra/overrides.yaml")
+        }
+        found_here = []
+        for run_dir in sorted(job_dirs, key=natural_key):
             if any(part.startswith(".") for part in run_dir.relative_to(folder).parts):
                 continue
-            try:
-                metrics = json.loads(metrics_file.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{metrics_file} is not valid JSON ({err}); delete it or rerun the job") from err
-            overrides_file = run_dir / ".hydra" / "overrides.yaml"
-            overrides = (
-                parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+            real = run_dir.resolve()
+            if real in seen:
+                raise TableError(
+                    f"{run_dir} is the run {seen[real]} again (the folders given overlap, or one was given twice): "
+                    "pass each sweep folder once"
+                )
+            seen[real] = run_dir
+            metrics_file = run_dir / "metrics.json"
+            metrics = {"status": NO_METRICS}
+            if metrics_file.is_file():
+                try:
+                    metrics = json.loads(metrics_file.read_text())
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{metrics_file} is not valid JSON ({err}); delete it or rerun the job") from err
+            overrides = read_overrides(run_dir)
+            found_here.append(
+                Run(run_dir, overrides or {}, metrics, run_settings(run_dir), has_overrides=overrides is not None)
             )
-            runs.append(Run(run_dir, overrides, metrics))
+        for sweep_file in sorted(folder.rglob("multirun.yaml"), key=natural_key):
+            if any(part.startswith(".") for part in sweep_file.parent.relative_to(folder).parts):
+                continue
+            below = [r for r in found_here if sweep_file.parent in r.path.parents]
+            for number, job in enumerate(planned_jobs(sweep_file) or []):
+                match = next((r for r in below if r.has_overrides and r.overrides == job), None)
+                if match is not None:
+                    below.remove(match)  # a sweep that plans the same job twice needs two folders
+                    continue
+                found_here.append(Run(sweep_file.parent / f"#{number}", job, {"status": NEVER_STARTED}))
+        runs.extend(found_here)
     if not runs:
         raise FileNotFoundError(
             f"no metrics.json below {', '.join(map(str, folders))}: is this a sweep folder "
             "(logs/<task>/multiruns/<date>_<time>)?"
         )
+    if not all(r.has_overrides for r in runs):
+        label_by_settings(runs)
     return runs
+
+
+def label_by_settings(runs: list[Run]) -> None:
+    """Runs without Hydra overrides (e.g. launched from Python): name every run by its resolved settings
+    instead, so that runs of different settings never share a row."""
+    unknown = [r for r in runs if r.settings is None]
+    if unknown:
+        raise TableError(
+            f"{unknown[0].path} has neither .hydra/overrides.yaml nor config_resolved.yaml: its settings cannot be "
+            "told, so it cannot be averaged with other runs (table it on its own, or remove it)"
+        )
+    for run in runs:
+        run.overrides = dict(run.settings)
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:
@@ -157,6 +282,33 @@ def metric_value(run: Run, metric: str) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def check_cell(members: Sequence[Run], label: str) -> None:
+    """The runs of one cell must be repeats: the same settings, each seed once."""
+    by_seed: dict[Optional[str], Run] = {}
+    for run in members:
+        if run.seed in by_seed and run.seed is not None:
+            raise TableError(
+                f"cell {label} holds seed {run.seed} twice: {by_seed[run.seed].path} and {run.path} (the same run in "
+                "two sweeps, or a rerun): pass each run once"
+            )
+        by_seed[run.seed] = run
+    known = [r for r in members if r.settings is not None]
+    for run in known[1:]:
+        first = known[0]
+        differing = sorted(
+            k
+            for k in set(first.settings) | set(run.settings)
+            if k not in REPEAT_KEYS and first.settings.get(k) != run.settings.get(k)
+        )
+        if differing:
+            shown = ", ".join(f"{k}={first.settings.get(k)} vs {run.settings.get(k)}" for k in differing[:4])
+            more = f" (and {len(differing) - 4} more)" if len(differing) > 4 else ""
+            raise TableError(
+                f"refusing to average runs of different settings in cell {label}: {shown}{more} "
+                f"({first.path} vs {run.path}); name the key with --rows/--columns, or table them separately"
+            )
+
+
 def build_table(
     runs: Sequence[Run], row_keys: Sequence[str], column_keys: Sequence[str], metrics: Sequence[str]
 ) -> tuple[list[tuple], list[tuple], dict]:
@@ -173,17 +325,35 @@ def build_table(
             members = [r for r in runs if label(r, row_keys) == row and label(r, column_keys) == column]
             if not members:
                 continue
+            check_cell(members, "/".join(map(str, (*row, *column))) or "all")
             for metric in metrics:
                 values = [v for v in (metric_value(r, metric) for r in members) if v is not None]
                 cells[(row, column, metric)] = Cell(values, len(members))
     return rows, columns, cells
 
 
+def unmatched_names(runs: Sequence[Run], keys: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    """Warnings for --rows/--columns keys no run has and metrics no run reports."""
+    warnings = [
+        f"--rows/--columns {key}: no run has this setting (known: {', '.join(sorted(varying_keys(runs))) or 'none'})"
+        for key in keys
+        if not any(key in r.overrides for r in runs)
+    ]
+    warnings += [
+        f"--metrics {metric}: no run reports it (its cells read — (0/n))"
+        for metric in metrics
+        if not any(metric in r.metrics for r in runs)
+    ]
+    return warnings
+
+
 def short_key(key: str) -> str:
     return key.split("/")[-1].split(".")[-1]
 
 
-def to_markdown(rows, columns, cells, row_keys, column_keys, metrics, digits: int = 2, title: str = "") -> str:
+def to_markdown(
+    rows, columns, cells, row_keys, column_keys, metrics, digits: int = 2, title: str = "", runs: Sequence[Run] = ()
+) -> str:
     """Rows = methods, columns = regimes × metrics; percentages for accuracies."""
     header = [short_key(k) for k in row_keys] or ["runs"]
     for column in columns:
@@ -202,6 +372,11 @@ def to_markdown(rows, columns, cells, row_keys, column_keys, metrics, digits: in
         "\nmean ± sample std over seeds (runs with a value / runs); accuracies in %. "
         "Generated by scripts/results_table.py from metrics.json files."
     )
+    incomplete = [r for r in runs if not r.completed]
+    if incomplete:
+        note += f"\n\nNot completed: {len(incomplete)} of {len(runs)} runs.\n\n" + "\n".join(
+            f"- `{r.path}`: {r.metrics.get('status')}" for r in incomplete
+        )
     return "\n".join(line for line in lines if line) + "\n" + note + "\n"
 
 
@@ -273,10 +448,17 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--project", default="gevit")
     args = parser.parse_args(argv)
 
-    runs = find_runs(args.sweeps)
-    row_keys, column_keys = split_keys(runs, args.rows, args.columns)
-    rows, columns, cells = build_table(runs, row_keys, column_keys, args.metrics)
-    markdown = to_markdown(rows, columns, cells, row_keys, column_keys, args.metrics, args.digits, args.title)
+    try:
+        runs = find_runs(args.sweeps)
+        row_keys, column_keys = split_keys(runs, args.rows, args.columns)
+        for warning in unmatched_names(runs, [*(args.rows or []), *(args.columns or [])], args.metrics):
+            print(f"warning: {warning}", file=sys.stderr)
+        rows, columns, cells = build_table(runs, row_keys, column_keys, args.metrics)
+    except TableError as err:
+        if __name__ != "__main__":
+            raise
+        raise SystemExit(f"results_table: {err}") from None
+    markdown = to_markdown(rows, columns, cells, row_keys, column_keys, args.metrics, args.digits, args.title, runs)
     out = args.out or args.sweeps[0]
     (out).mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown)

@@ -6,7 +6,8 @@
 Runs ``python train.py -m hydra/launcher=slurm <overrides>`` for real — Hydra, the sweeper,
 hydra-submitit-launcher and submitit build the job array exactly as they would on the cluster — up to the
 moment submitit calls ``sbatch``: there the sbatch file is printed (or written to ``--output``) and the
-program stops. Nothing is submitted and nothing is trained; only the sweep folder (with Hydra's
+program stops. Settings Slurm would refuse stop it before, with the one line a real sweep prints
+(``runkit/slurm.py``). Nothing is submitted and nothing is trained; only the sweep folder (with Hydra's
 ``multirun.yaml`` and submitit's pickles) is created. submitit refuses to start without an ``srun`` on
 PATH, so on a machine without Slurm a stub that is never called is put there for the preview.
 """

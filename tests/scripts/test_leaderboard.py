@@ -1,6 +1,7 @@
-"""multirun/leaderboard.sh and scripts/leaderboard.py: the table from synthetic metrics.json files, and a
-two-family slice of the smoke run (a tiny ViT and its zero-shot C4 wrapper: the two-stage pattern), rerun
-in the same folder to show that completed runs are kept."""
+"""multirun/leaderboard.sh and scripts/leaderboard.py: the table from synthetic metrics.json files (the budgets
+the runs had, debug runs left out, runs of other budgets refused), and a two-family slice of the smoke run (a
+tiny ViT and its zero-shot C4 wrapper: the two-stage pattern), rerun in the same folder to show that completed
+runs of the same settings are kept, a folder of other settings is refused, and a killed table is resumed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 import leaderboard  # noqa: E402
 
 
-def write_run(folder: Path, acc: float, status: str = "completed", error: float = 1e-6) -> None:
+def write_run(
+    folder: Path, acc: float, status: str = "completed", error: float = 1e-6, epochs: int = 15, trainer: str = ""
+) -> None:
+    """A run folder as train.py leaves it: metrics.json and the resolved config's budget."""
     folder.mkdir(parents=True)
     folder.joinpath("metrics.json").write_text(
         json.dumps(
@@ -28,9 +32,14 @@ def write_run(folder: Path, acc: float, status: str = "completed", error: float 
                 "model/params": 63338,
                 "train/images_per_s": 40.0,
                 "duration_s": 300.0,
+                "epochs_trained": epochs,
+                "data_sizes": {"train": 6000, "val": 1000, "test": 3000},
                 "rotation_robustness": {"angles": [0, 45, 90], "accuracy": [acc, acc - 0.1, acc]},
             }
         )
+    )
+    folder.joinpath("config_resolved.yaml").write_text(
+        f"trainer:\n  max_epochs: {epochs}\n{trainer}callbacks:\n  rotation_robustness:\n    max_samples: 2000\n"
     )
 
 
@@ -52,10 +61,48 @@ def test_table_from_metrics_files(tmp_path):
         ]
     )
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
-    assert "| (3/3) | 92.00 ± 2.00 | 1.0e-06 | 82.0 | 63,338 | 40.0 | 5.0 |" in rows["eqcvt"]
-    assert "| (1/2) | 40.00 | " in rows["vit"]  # the failed run is counted, not averaged; one run: no spread
+    assert "| (3/3) | 15 | 92.00 ± 2.00 | 1.0e-06 | 82.0 | 63,338 | 40.0 | 5.0 |" in rows["eqcvt"]
+    assert "| (1/2) | 15 | 40.00 | " in rows["vit"]  # the failed run is counted, not averaged; one run: no spread
     assert "Machine: test machine" in text and "eqcvt 15 epochs" in text
+    # the header states the data the runs had, not a fixed claim
+    assert "6,000 / 1,000 / 3,000 train / val / test images" in text and "accuracy at 45°: on 2,000 test images" in text
     assert (sweep / "results.md").read_text() == text and (sweep / "leaderboard.png").stat().st_size > 5_000
+
+
+def test_smaller_budgets_are_stated_and_debug_runs_never_count(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "vit" / "seed0", 0.30, epochs=1)
+    write_run(sweep / "eqcvt" / "seed0", 0.90, epochs=1, trainer="  fast_dev_run: true\n")
+    metrics = json.loads((sweep / "vit" / "seed0" / "metrics.json").read_text())
+    metrics["data_sizes"] = {"train": 256, "val": 128, "test": 128}
+    (sweep / "vit" / "seed0" / "metrics.json").write_text(json.dumps(metrics))
+    text = leaderboard.main([str(sweep), "--machine", "m", "--seeds", "1"])
+    assert "3,000" not in text and "256 / 128 / 128 train / val / test images" in text
+    assert "| vit | (1/1) | 1 | 30.00 |" in text
+    assert "| eqcvt | (0/1, debug runs left out: fast_dev_run=True) | – | – |" in text
+
+
+def test_runs_of_different_budgets_are_not_averaged(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "gevit" / "seed0", 0.50, epochs=3)
+    write_run(sweep / "gevit" / "seed1", 0.55, epochs=15)
+    with pytest.raises(ValueError, match="refusing to average runs of different budgets"):
+        leaderboard.main([str(sweep), "--machine", "m"])
+
+
+def test_check_run_keeps_only_a_run_of_the_same_settings(tmp_path):
+    run = tmp_path / "vit" / "seed0"
+    assert leaderboard.check_run(run, ["model=vit"]) == ("new", "")
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=vit\n- trainer.max_epochs=3\n- seed=0\n")
+    assert leaderboard.check_run(run, ["seed=0", "model=vit", "trainer.max_epochs=3", "hydra.run.dir=x"])[0] == "resume"
+    (run / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    assert leaderboard.check_run(run, ["model=vit", "trainer.max_epochs=3", "seed=0"])[0] == "keep"
+    state, message = leaderboard.check_run(run, ["model=vit", "trainer.max_epochs=10", "seed=0", "debug=fdr"])
+    assert state == "other"
+    assert "trainer.max_epochs: 3 there, 10 now" in message and "debug: (not set) there, fdr now" in message
+    with pytest.raises(SystemExit, match="holds a run of other settings"):
+        leaderboard.main(["--check-run", str(run), "model=vit", "seed=0"])
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path):
@@ -91,6 +138,14 @@ def test_smoke_slice_trains_a_family_and_wraps_it_and_a_rerun_keeps_what_complet
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("completed before, kept") == 2
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("metrics.json")} == before
+
+    # another budget into the same folder: refused before anything is trained, nothing touched
+    other = subprocess.run(
+        [*command, "trainer.max_epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert other.returncode != 0 and "holds a run of other settings" in other.stderr, other.stderr[-3000:]
+    assert "trainer.max_epochs: 1 there, 2 now" in other.stderr
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("metrics.json")} == before
     assert (
         not (REPO / "docs" / "leaderboard.md").exists() or "smoke" not in (REPO / "docs" / "leaderboard.md").read_text()
     )
@@ -100,5 +155,49 @@ def test_a_planned_family_not_run_yet_gets_a_row_of_dashes(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "eqcvt" / "seed0", 0.94)
     text = leaderboard.main([str(sweep), "--machine", "m", "--seeds", "3", "--families", "eqcvt,hybrid_p4m"])
-    assert "| eqcvt | (1/3) | 94.00 | " in text
-    assert "| hybrid_p4m | (0/3) | – | – | – | – | – | – |" in text
+    assert "| eqcvt | (1/3) | 15 | 94.00 | " in text
+    assert "| hybrid_p4m | (0/3) | – | – | – | – | – | – | – |" in text
+
+
+def test_a_killed_table_is_resumed_by_the_same_command_and_another_one_is_named(tmp_path):
+    """Without LEADERBOARD_DIR the newest unfinished table of the same settings is continued (here: a table whose
+    only run was killed before it wrote anything); one of other settings is named, and a new folder started."""
+    logs = tmp_path / "logs"
+    killed = logs / "leaderboard_smoke" / "multiruns" / "2026-01-01_00-00-00"
+    killed.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "CUDA_VISIBLE_DEVICES": "",
+        "GEVIT_LOG_DIR": str(logs),
+        "PYTHON": sys.executable,
+        "FAMILIES": "vit",
+    }
+    settings = (
+        "smoke=true GEVIT_EPOCHS=15 HYBRID_EPOCHS=5 POSTHOC_EPOCHS=5 POSTHOC_ZERO_SHOT=mean POSTHOC_LEARNED=lambda"
+    )
+    (killed / "leaderboard.started").write_text(settings + " arguments: \n")
+    stand_in = tmp_path / "python"
+    stand_in.write_text(
+        f'#!/bin/sh\nif [ "$1" = train.py ]; then echo "$@" >> {tmp_path}/calls; exit 0; fi\nexec {sys.executable} "$@"\n'
+    )
+    stand_in.chmod(0o755)
+    env["PYTHON"] = str(stand_in)  # train.py is not needed for what is checked here: a stand-in records its calls
+    done = subprocess.run(
+        ["bash", "multirun/leaderboard.sh", "smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert f"resuming the unfinished table in {killed}" in done.stderr, done.stderr[-3000:]
+    assert f"hydra.run.dir={killed}/vit/seed0" in (tmp_path / "calls").read_text()
+
+    (killed / "leaderboard.finished").unlink(missing_ok=True)
+    other = subprocess.run(
+        ["bash", "multirun/leaderboard.sh", "smoke", "trainer.max_epochs=2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"{killed} holds an unfinished table of other settings" in other.stderr, other.stderr[-3000:]
+    assert f"LEADERBOARD_DIR={killed}" in other.stderr
+    assert len(list((logs / "leaderboard_smoke" / "multiruns").iterdir())) == 2
