@@ -219,3 +219,19 @@ def test_fallback_when_the_kernel_is_unavailable(monkeypatch, caplog):
     with pytest.raises(ValueError, match="GEVIT_ATTENTION must be one of"):
         monkeypatch.setenv("GEVIT_ATTENTION", "fast")
         layer(x)
+
+
+def test_extension_cache_is_shared_by_checkouts_at_other_paths(tmp_path, monkeypatch):
+    """The build key and folder depend on what the build depends on, not on where the checkout lies: a
+    copy of the kernel package elsewhere finds the same complete build and imports it without building."""
+    import importlib.util
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "kernels"
+    shutil.copytree(cpu.SOURCE.parents[1], copy, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("gevit_kernels_copy", copy / "cpu.py")
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    assert other.SOURCE != cpu.SOURCE and other.build_directory() == cpu.build_directory()
+    monkeypatch.setattr(other, "_build", lambda *args: pytest.fail("a complete build was rebuilt"))
+    assert other.load().forward.__doc__ == cpu.load().forward.__doc__
