@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gevit import openmp
 from gevit.groups import Group, get_group
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,10 @@ def requested_backend(layer_choice: Optional[str] = None) -> str:
     return name
 
 
-def _announce(path: str, detail: str, warn: bool = False) -> None:
+def _announce(path: str, detail: str, warn: bool = False, message: Optional[str] = None) -> None:
     if path not in _announced:
         _announced.add(path)
-        (log.warning if warn else log.info)("GE-ViT attention runs on the %s path%s", path, detail)
+        (log.warning if warn else log.info)(message or f"GE-ViT attention runs on the {path} path{detail}")
 
 
 def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
@@ -110,6 +111,8 @@ def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
 
     if cpu.load() is not None:
         _announce("cpu", " (fused C++ kernel, %d threads)" % torch.get_num_threads())
+        if torch.get_num_threads() > 1 and openmp.spinning_note():
+            _announce("spinning", "", warn=True, message=f"GE-ViT attention: {openmp.spinning_note()}")
         return "cpu"
     if name == "cpu":
         raise RuntimeError(f"the fused CPU attention kernel could not be built: {cpu.build_error()}")
