@@ -102,6 +102,7 @@ def test_gradcheck_of_the_kernel_with_a_fixed_dropout_mask():
     torch.manual_seed(0)
     b, heads, c, g, h, w, k, p2 = 1, 2, 3, 2, 2, 13, 3, 2
     qkv = torch.randn(b, 3, heads, c, g, h, w, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, heads, c, dtype=torch.float64, requires_grad=True)
     ptab = torch.randn(g, k * k, p2, dtype=torch.float64, requires_grad=True)
     emb = torch.randn(g + 1, c - p2, dtype=torch.float64, requires_grad=True)
     idx = torch.randint(0, g + 1, (g, g, g), dtype=torch.int32)
@@ -109,7 +110,7 @@ def test_gradcheck_of_the_kernel_with_a_fixed_dropout_mask():
     def f(*args):
         return cpu.FusedAttention.apply(*args, idx, k, 0.3, (12345, 678))
 
-    assert torch.autograd.gradcheck(f, (qkv, ptab, emb), eps=1e-6, atol=1e-8, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (qkv, bias, ptab, emb), eps=1e-6, atol=1e-8, fast_mode=True)
 
 
 def act_on_feature_map(group, features, u):

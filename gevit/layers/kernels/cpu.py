@@ -166,24 +166,25 @@ def build_error() -> Optional[str]:
 
 
 class FusedAttention(torch.autograd.Function):
-    """out (B, heads, C, V, H, W) = fused attention of qkv (B, 3, heads, C, G, H, W) (q scaled), the
-    positional table ptab (V, k*k, P2), the group embedding emb (N, C - P2) (N = 0: no group term) and
-    the index table idx (V, G, M) int32, for a k x k neighbourhood (see the C++ file for the math)."""
+    """out (B, heads, C, V, H, W) = fused attention of qkv (B, 3, heads, C, G, H, W) plus bias (3, heads, C)
+    (q and its bias scaled), the positional table ptab (V, k*k, P2), the group embedding emb (N, C - P2)
+    (N = 0: no group term) and the index table idx (V, G, M) int32, for a k x k neighbourhood (see the
+    C++ file for the math)."""
 
     @staticmethod
-    def forward(ctx, qkv, ptab, emb, idx, kernel: int, p_drop: float, seeds: tuple[int, int]):
+    def forward(ctx, qkv, bias, ptab, emb, idx, kernel: int, p_drop: float, seeds: tuple[int, int]):
         module = load()
-        out, bad = module.forward(qkv, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
+        out, bad = module.forward(qkv, bias, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
         if bad.item():
             raise NormaliserUnderflow(f"{bad.item()} factorised normalisers underflowed")
-        ctx.save_for_backward(qkv, ptab, emb, idx)
+        ctx.save_for_backward(qkv, bias, ptab, emb, idx)
         ctx.meta = (kernel, p_drop, seeds)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        qkv, ptab, emb, idx = ctx.saved_tensors
+        qkv, bias, ptab, emb, idx = ctx.saved_tensors
         kernel, p_drop, seeds = ctx.meta
-        dqkv, dptab, demb = load().backward(grad, qkv, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
-        return dqkv, dptab, demb, None, None, None, None
+        grads = load().backward(grad, qkv, bias, ptab, emb, idx, kernel, p_drop, seeds[0], seeds[1])
+        return (*grads, None, None, None, None)

@@ -20,8 +20,9 @@
 // factorised guard there).
 //
 // Inputs are the layers' own tensors, unpadded: qkv [B][3][heads][C][G][H][W] (q scaled, k, v: the
-// output of their one projection matmul), ptab [V][K2][P2], emb [N][C-P2] (the group embedding; N = 0
-// for the lifting layer), idx [V][G][M] (int32); out [B][heads][C][V][H][W].
+// output of their one projection matmul, without its bias), bias [3][heads][C] (added here, where each
+// row is copied anyway, so the projection writes its output once), ptab [V][K2][P2], emb [N][C-P2] (the
+// group embedding; N = 0 for the lifting layer), idx [V][G][M] (int32); out [B][heads][C][V][H][W].
 //
 // Tiles. A tile is TX consecutive positions of the flattened image (p = y * W + x), so no lane is idle
 // except in the last tile of a head (whatever the width). Neighbour j of position p sits at p + off[j],
@@ -744,16 +745,20 @@ struct Local {
       dq.resize(q.size()), dk.resize(k.size()), dv.resize(k.size()), dqe.resize(qe.size());
     }
   }
-  // q, k, v of head `bh` into the padded buffers (their padding was zeroed at allocation and is never
-  // written), then the group scores qe[g][n] = q_g[P2:] . emb[n]
-  void load(const T* qkv, const T* emb, int64_t bh) {
+  // q, k, v of head `bh` plus their biases into the padded buffers (their padding was zeroed at
+  // allocation and is never written), then the group scores qe[g][n] = q_g[P2:] . emb[n]
+  void load(const T* qkv, const T* bias, const T* emb, int64_t bh) {
     const int64_t b = bh / d.heads, h = bh % d.heads, plane = d.C * d.G * d.HW;
-    const T* src[3] = {qkv + ((b * 3 + 0) * d.heads + h) * plane, qkv + ((b * 3 + 1) * d.heads + h) * plane,
-                       qkv + ((b * 3 + 2) * d.heads + h) * plane};
-    for (int64_t row = 0; row < d.C * d.G; ++row) {
-      std::memcpy(&q[row * d.HWq], src[0] + row * d.HW, d.HW * sizeof(T));
-      std::memcpy(&k[row * d.L + d.margin], src[1] + row * d.HW, d.HW * sizeof(T));
-      std::memcpy(&v[row * d.L + d.margin], src[2] + row * d.HW, d.HW * sizeof(T));
+    T* dst[3] = {q.data(), k.data() + d.margin, v.data() + d.margin};
+    const int64_t stride[3] = {d.HWq, d.L, d.L};
+    for (int64_t s = 0; s < 3; ++s) {
+      const T* src = qkv + ((b * 3 + s) * d.heads + h) * plane;
+      for (int64_t row = 0; row < d.C * d.G; ++row) {
+        const T add = bias[(s * d.heads + h) * d.C + row / d.G];
+        const T* in = src + row * d.HW;
+        T* out = dst[s] + row * stride[s];
+        for (int64_t i = 0; i < d.HW; ++i) out[i] = in[i] + add;
+      }
     }
     const int64_t hw = d.HWq;
     for (int64_t g = 0; g < d.G; ++g)
@@ -798,19 +803,25 @@ template <typename F> void for_each_task(int64_t n, F&& body) {
   });
 }
 
-std::vector<torch::Tensor> forward(torch::Tensor qkv, torch::Tensor ptab, torch::Tensor emb, torch::Tensor idx,
-                                   int64_t kernel, double p_drop, int64_t seed0, int64_t seed1) {
+void check_bias(const torch::Tensor& bias, const Dims& d) {
+  TORCH_CHECK(bias.dim() == 3 && bias.size(0) == 3 && bias.size(1) == d.heads && bias.size(2) == d.C,
+              "bias must be (3, heads, C)");
+}
+
+std::vector<torch::Tensor> forward(torch::Tensor qkv, torch::Tensor bias, torch::Tensor ptab, torch::Tensor emb,
+                                   torch::Tensor idx, int64_t kernel, double p_drop, int64_t seed0, int64_t seed1) {
   const auto dtype = qkv.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fused group attention supports float32/float64");
-  check(qkv, "qkv", dtype), check(ptab, "ptab", dtype), check(emb, "emb", dtype);
+  check(qkv, "qkv", dtype), check(bias, "bias", dtype), check(ptab, "ptab", dtype), check(emb, "emb", dtype);
   TORCH_CHECK(idx.scalar_type() == at::kInt && idx.is_contiguous(), "idx must be contiguous int32");
   const Dims d = make_dims(qkv, ptab, emb, idx, kernel);
+  check_bias(bias, d);
   const Geometry geo(d);
   auto out = torch::empty({d.B, d.heads, d.C, d.V, d.H, d.W}, qkv.options());
   std::atomic<int64_t> bad{0};
   AT_DISPATCH_FLOATING_TYPES(dtype, "gevit_fused_attention_forward", [&] {
     auto att = make_attention<scalar_t>(d, geo, ptab, idx, p_drop, seed0, seed1);
-    const scalar_t *x = qkv.data_ptr<scalar_t>(), *e = emb.data_ptr<scalar_t>();
+    const scalar_t *x = qkv.data_ptr<scalar_t>(), *e = emb.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_task(d.BH, [&](auto next_task) {
       Buffers<scalar_t> b(d, att.dropout, false);
@@ -819,7 +830,7 @@ std::vector<torch::Tensor> forward(torch::Tensor qkv, torch::Tensor ptab, torch:
       point_at(task, l);
       int64_t local_bad = 0;
       for (int64_t bh; (bh = next_task()) < d.BH;) {
-        l.load(x, e, bh);
+        l.load(x, bi, e, bh);
         for (int64_t p0 = 0; p0 < d.HWq; p0 += TX) {
           local_bad += task.probabilities(b, bh, p0);
           task.output(b, l.out.data(), p0);
@@ -834,21 +845,26 @@ std::vector<torch::Tensor> forward(torch::Tensor qkv, torch::Tensor ptab, torch:
   return {out, torch::tensor(bad.load(), torch::kLong)};
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch::Tensor ptab, torch::Tensor emb,
-                                    torch::Tensor idx, int64_t kernel, double p_drop, int64_t seed0, int64_t seed1) {
+std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch::Tensor bias, torch::Tensor ptab,
+                                    torch::Tensor emb, torch::Tensor idx, int64_t kernel, double p_drop, int64_t seed0,
+                                    int64_t seed1) {
   const auto dtype = qkv.scalar_type();
   dout = dout.contiguous();
   check(dout, "grad", dtype);
   const Dims d = make_dims(qkv, ptab, emb, idx, kernel);
+  check_bias(bias, d);
   const Geometry geo(d);
   auto dqkv = torch::empty_like(qkv);
   auto dptab = torch::empty({d.BH, d.V, d.K2, d.P2}, qkv.options());
   auto demb = torch::empty({d.BH, d.N, d.CE}, qkv.options());
+  auto dbias = torch::empty({d.B, 3, d.heads, d.C}, qkv.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "gevit_fused_attention_backward", [&] {
     using V = Vec<scalar_t>;
     auto att = make_attention<scalar_t>(d, geo, ptab, idx, p_drop, seed0, seed1);
     const scalar_t *x = qkv.data_ptr<scalar_t>(), *e = emb.data_ptr<scalar_t>(), *g = dout.data_ptr<scalar_t>();
+    const scalar_t* bi = bias.data_ptr<scalar_t>();
     scalar_t *pg = dqkv.data_ptr<scalar_t>(), *pp = dptab.data_ptr<scalar_t>(), *pe = demb.data_ptr<scalar_t>();
+    scalar_t* pb = dbias.data_ptr<scalar_t>();
     const int64_t hw = d.HWq, plane = d.C * d.G * d.HW;
     // one (batch, head) per task: keys/values of a head are its own, so the scatter needs no atomics
     for_each_task(d.BH, [&](auto next_task) {
@@ -857,7 +873,7 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch
       auto task = att;
       point_at(task, l);
       for (int64_t bh; (bh = next_task()) < d.BH;) {
-        l.load(x, e, bh);
+        l.load(x, bi, e, bh);
         // the incoming gradient padded to whole tiles (l.out's padding lanes stay zero)
         const scalar_t* go = g + bh * d.C * d.V * d.HW;
         for (int64_t i = 0; i < d.C * d.V; ++i)
@@ -887,18 +903,26 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch
             }
             pe[(bh * d.N + n) * d.CE + c] = acc;
           }
+        // dq, dk, dv unpadded, and the bias gradients: their sums over (g, position)
         const int64_t bb = bh / d.heads, h = bh % d.heads;
-        scalar_t* dst[3] = {pg + ((bb * 3 + 0) * d.heads + h) * plane, pg + ((bb * 3 + 1) * d.heads + h) * plane,
-                            pg + ((bb * 3 + 2) * d.heads + h) * plane};
-        for (int64_t row = 0; row < d.C * d.G; ++row) {
-          std::memcpy(dst[0] + row * d.HW, &l.dq[row * d.HWq], d.HW * sizeof(scalar_t));
-          std::memcpy(dst[1] + row * d.HW, &l.dk[row * d.L + d.margin], d.HW * sizeof(scalar_t));
-          std::memcpy(dst[2] + row * d.HW, &l.dv[row * d.L + d.margin], d.HW * sizeof(scalar_t));
+        const scalar_t* src[3] = {l.dq.data(), l.dk.data() + d.margin, l.dv.data() + d.margin};
+        const int64_t stride[3] = {d.HWq, d.L, d.L};
+        for (int64_t s = 0; s < 3; ++s) {
+          scalar_t* dst = pg + ((bb * 3 + s) * d.heads + h) * plane;
+          scalar_t* db = pb + ((bb * 3 + s) * d.heads + h) * d.C;
+          std::fill(db, db + d.C, scalar_t(0));
+          for (int64_t row = 0; row < d.C * d.G; ++row) {
+            const scalar_t* in = src[s] + row * stride[s];
+            scalar_t sum = 0;
+            for (int64_t i = 0; i < d.HW; ++i) sum += in[i];
+            std::memcpy(dst + row * d.HW, in, d.HW * sizeof(scalar_t));
+            db[row / d.G] += sum;
+          }
         }
       }
     });
   });
-  // the per-head partial sums of dptab and demb, reduced serially (a few tens of thousands of adds)
+  // the per-task partial sums of dbias, dptab and demb, reduced serially (a few tens of thousands of adds)
   auto reduce = [](const torch::Tensor& parts) {
     auto total = torch::zeros(parts.sizes().slice(1), parts.options());
     AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "gevit_fused_attention_reduce", [&] {
@@ -910,7 +934,7 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor qkv, torch
     });
     return total;
   };
-  return {dqkv, reduce(dptab), reduce(demb)};
+  return {dqkv, reduce(dbias), reduce(dptab), reduce(demb)};
 }
 
 }  // namespace
