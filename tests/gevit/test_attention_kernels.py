@@ -62,6 +62,25 @@ def test_group_kernel_equals_eager_in_float64(group, encoding):
     assert_same_function(layer, torch.randn(2, 3, n, 5, 19, dtype=torch.float64), 1e-10)  # width 19: 2 tiles
 
 
+@pytest.mark.parametrize(
+    "group,window,height,width",
+    [
+        ("p8", 5, 3, 33),  # rows wider than two tiles; blocks of 4 query elements
+        ("p12", 3, 2, 5),  # one partial tile, 12 = three blocks of 4
+        ("z2", 3, 4, 4),  # one query element (the direct softmax), one whole tile
+        ("p4", 7, 8, 6),  # rows narrower than the neighbourhood: scatter blocks of one or two neighbours
+        ("p4m", 5, 4, 8),  # flattened tiles spanning two rows exactly
+    ],
+)
+def test_kernel_tiles_and_blocks_equal_eager_in_float64(group, window, height, width):
+    """Tiles are 16 consecutive positions of the flattened image and every contraction runs in blocks of
+    4, 2 and 1: shapes that exercise each tail, neighbours that wrap into the next row, and the backward's
+    scatter order."""
+    n = get_group(group).order
+    layer = randomise(GroupSelfAttention(group, 3, 6, 4, 2, window, image_size=max(height, width)))
+    assert_same_function(layer, torch.randn(2, 3, n, height, width, dtype=torch.float64), 1e-10)
+
+
 @pytest.mark.parametrize("group", ["p4", "p8"])
 def test_lifting_kernel_equals_eager_in_float64(group):
     layer = randomise(LiftingSelfAttention(group, 2, 4, 3, 2, 5, image_size=7))
