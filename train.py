@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import gevit.openmp  # noqa: F401  # isort: skip  (before lightning imports torch: OpenMP wait policy)
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig

@@ -10,10 +10,11 @@ Configs build the same classes through their ``_target_`` (``conf/model/*.yaml``
 the by-name shortcut for notebooks and scripts.
 """
 
+from gevit import openmp  # isort: skip  (first: sets OpenMP's wait policy before anything imports torch)
 from gevit import groups, models
 from gevit.models import VisionTransformer
 from gevit.registry import create_model, list_models, register_model
 from gevit.rotations import rotate
 
-__all__ = ["groups", "models", "VisionTransformer", "create_model", "list_models", "register_model", "rotate"]
+__all__ = ["groups", "models", "openmp", "VisionTransformer", "create_model", "list_models", "register_model", "rotate"]
 __version__ = "0.1.0"

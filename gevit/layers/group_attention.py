@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gevit import openmp
 from gevit.groups import Group, get_group
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,10 @@ def requested_backend(layer_choice: Optional[str] = None) -> str:
     return name
 
 
-def _announce(path: str, detail: str, warn: bool = False) -> None:
+def _announce(path: str, detail: str, warn: bool = False, message: Optional[str] = None) -> None:
     if path not in _announced:
         _announced.add(path)
-        (log.warning if warn else log.info)("GE-ViT attention runs on the %s path%s", path, detail)
+        (log.warning if warn else log.info)(message or f"GE-ViT attention runs on the {path} path{detail}")
 
 
 def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
@@ -110,6 +111,8 @@ def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
 
     if cpu.load() is not None:
         _announce("cpu", " (fused C++ kernel, %d threads)" % torch.get_num_threads())
+        if torch.get_num_threads() > 1 and openmp.spinning_note():
+            _announce("spinning", "", warn=True, message=f"GE-ViT attention: {openmp.spinning_note()}")
         return "cpu"
     if name == "cpu":
         raise RuntimeError(f"the fused CPU attention kernel could not be built: {cpu.build_error()}")
@@ -313,13 +316,14 @@ class _GroupAttentionBase(nn.Module):
         return torch.cat([rows, cols], dim=-1)
 
     def fused_attention(
-        self, backend: str, qkv: torch.Tensor, emb: torch.Tensor, idx: torch.Tensor
+        self, backend: str, x: torch.Tensor, n_in: int, emb: torch.Tensor, idx: torch.Tensor
     ) -> Optional[torch.Tensor]:
-        """Attention through a fused kernel: qkv (B, 3, heads, mid, G_in, H, W) (q already scaled), emb
-        the group embedding (N, mid - P2) (N = 0: no group term), idx (V, G, M) -> (B, C_out, V, H, W)
-        after ``wout``; ``None`` when the factorised normaliser underflows (the caller then runs eager)."""
+        """Attention through a fused kernel: x (B, C_in, [G_in,] H, W), emb the group embedding
+        (N, mid - P2) (N = 0: no group term), idx (V, G, M) -> (B, C_out, V, H, W) after ``wout``;
+        ``None`` when the factorised normaliser underflows (the caller then runs eager)."""
         from gevit.layers.kernels import cpu
 
+        qkv, bias = self.project_heads_first(x, n_in)
         b, _, heads, mid, n_in, height, width = qkv.shape
         ptab = self.positional_table().to(qkv.dtype)
         p_drop = self.attention_dropout if self.training else 0.0
@@ -328,12 +332,12 @@ class _GroupAttentionBase(nn.Module):
         try:
             if backend == "cpu":
                 out = cpu.FusedAttention.apply(
-                    qkv, ptab, emb.to(qkv.dtype).contiguous(), idx, self.patch_size, p_drop, seeds
+                    qkv, bias, ptab, emb.to(qkv.dtype).contiguous(), idx, self.patch_size, p_drop, seeds
                 )
             else:
                 from gevit.layers.kernels import triton_attention
 
-                q, k, v = qkv.unbind(1)
+                q, k, v = (qkv + bias.view(1, 3, heads, mid, 1, 1, 1)).unbind(1)
                 p2 = ptab.shape[-1]
                 if emb.shape[0]:  # group scores q_g . E(i) for every embedding i (the kernel gathers them)
                     qe = torch.einsum("bhcgyx,nc->bhgnyx", q[:, :, p2:], emb)
@@ -344,8 +348,10 @@ class _GroupAttentionBase(nn.Module):
             log.warning("GE-ViT attention: %s in %s; this call runs on the eager path", error, type(self).__name__)
             return None
         n_out = out.shape[3]  # (B, heads, mid, V, H, W): channels in (head, c) order
-        flat = torch.matmul(self._heads_first_columns(self.wout.weight), out.reshape(b, heads * mid, -1))
-        return (flat + self.wout.bias.view(-1, 1)).view(b, self.out_channels, n_out, height, width)
+        # one batched product with the weight broadcast over the batch: no layout copies forward or backward
+        weight = self._heads_first_columns(self.wout.weight).expand(b, -1, -1)
+        flat = torch.baddbmm(self.wout.bias.view(1, -1, 1), weight, out.reshape(b, heads * mid, -1))
+        return flat.view(b, self.out_channels, n_out, height, width)
 
     def _heads_first_rows(self, weight: torch.Tensor) -> torch.Tensor:
         """Rows of a projection (mid*heads, C) in (c, head) order -> (head, c) order."""
@@ -354,10 +360,11 @@ class _GroupAttentionBase(nn.Module):
     def _heads_first_columns(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.view(-1, self.mid_channels, self.num_heads).transpose(1, 2).reshape(weight.shape)
 
-    def project_heads_first(self, x: torch.Tensor, n_in: int) -> torch.Tensor:
-        """q (scaled by 1/sqrt(C_in)), k, v of x (B, C_in, [G,] H, W) as one (B, 3, heads, mid, G_in, H, W)
-        tensor: one matmul for the three projections, rows reordered so that its output needs no
-        transpose (the CPU kernel reads it as it is)."""
+    def project_heads_first(self, x: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (scaled by 1/sqrt(C_in)), k, v of x (B, C_in, [G,] H, W) without their biases as one
+        (B, 3, heads, mid, G_in, H, W) tensor, and the biases (3, heads, mid): one batched matmul for the
+        three projections, rows reordered so that its output needs no transpose (the CPU kernel reads it
+        as it is and adds the biases while it copies each head)."""
         b, c = x.shape[:2]
         height, width = x.shape[-2:]
         scale = 1.0 / math.sqrt(c)
@@ -375,8 +382,11 @@ class _GroupAttentionBase(nn.Module):
                 self._heads_first_rows(self.value.bias.view(-1, 1)).view(-1),
             ]
         )
-        qkv = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), x.reshape(b, c, -1))
-        return qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width)
+        qkv = torch.bmm(weight.expand(b, -1, -1), x.reshape(b, c, -1))
+        return (
+            qkv.view(b, 3, self.num_heads, self.mid_channels, n_in, height, width),
+            bias.view(3, self.num_heads, self.mid_channels),
+        )
 
     def _fused_index(self, make, device) -> torch.Tensor:
         """The (V, G, M) group-embedding indices as int32 on ``device`` (cached)."""
@@ -437,9 +447,8 @@ class LiftingSelfAttention(_GroupAttentionBase):
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
         b, _, height, width = x.shape
         n = self.group.order
-        qkv = self.project_heads_first(x, 1)
         idx = self._fused_index(lambda: torch.zeros(n, 1, 1, dtype=torch.int32), x.device)
-        return self.fused_attention(backend, qkv, x.new_zeros(0, 0), idx)  # no group term
+        return self.fused_attention(backend, x, 1, x.new_zeros(0, 0), idx)  # no group term
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""
@@ -527,9 +536,8 @@ class GroupSelfAttention(_GroupAttentionBase):
         return self.forward_eager(x, return_attention)
 
     def _forward_fused(self, x: torch.Tensor, backend: str) -> Optional[torch.Tensor]:
-        qkv = self.project_heads_first(x, x.shape[2])
         idx = self._fused_index(lambda: self.group_indices, x.device)
-        return self.fused_attention(backend, qkv, self.group_embedding.weight, idx)
+        return self.fused_attention(backend, x, x.shape[2], self.group_embedding.weight, idx)
 
     def forward_eager(self, x: torch.Tensor, return_attention: bool = False):
         """The reference path (materialises the logits chunk by chunk)."""

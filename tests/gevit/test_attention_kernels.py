@@ -62,6 +62,25 @@ def test_group_kernel_equals_eager_in_float64(group, encoding):
     assert_same_function(layer, torch.randn(2, 3, n, 5, 19, dtype=torch.float64), 1e-10)  # width 19: 2 tiles
 
 
+@pytest.mark.parametrize(
+    "group,window,height,width",
+    [
+        ("p8", 5, 3, 33),  # rows wider than two tiles; blocks of 4 query elements
+        ("p12", 3, 2, 5),  # one partial tile, 12 = three blocks of 4
+        ("z2", 3, 4, 4),  # one query element (the direct softmax), one whole tile
+        ("p4", 7, 8, 6),  # rows narrower than the neighbourhood: scatter blocks of one or two neighbours
+        ("p4m", 5, 4, 8),  # flattened tiles spanning two rows exactly
+    ],
+)
+def test_kernel_tiles_and_blocks_equal_eager_in_float64(group, window, height, width):
+    """Tiles are 16 consecutive positions of the flattened image and every contraction runs in blocks of
+    4, 2 and 1: shapes that exercise each tail, neighbours that wrap into the next row, and the backward's
+    scatter order."""
+    n = get_group(group).order
+    layer = randomise(GroupSelfAttention(group, 3, 6, 4, 2, window, image_size=max(height, width)))
+    assert_same_function(layer, torch.randn(2, 3, n, height, width, dtype=torch.float64), 1e-10)
+
+
 @pytest.mark.parametrize("group", ["p4", "p8"])
 def test_lifting_kernel_equals_eager_in_float64(group):
     layer = randomise(LiftingSelfAttention(group, 2, 4, 3, 2, 5, image_size=7))
@@ -102,6 +121,7 @@ def test_gradcheck_of_the_kernel_with_a_fixed_dropout_mask():
     torch.manual_seed(0)
     b, heads, c, g, h, w, k, p2 = 1, 2, 3, 2, 2, 13, 3, 2
     qkv = torch.randn(b, 3, heads, c, g, h, w, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, heads, c, dtype=torch.float64, requires_grad=True)
     ptab = torch.randn(g, k * k, p2, dtype=torch.float64, requires_grad=True)
     emb = torch.randn(g + 1, c - p2, dtype=torch.float64, requires_grad=True)
     idx = torch.randint(0, g + 1, (g, g, g), dtype=torch.int32)
@@ -109,7 +129,7 @@ def test_gradcheck_of_the_kernel_with_a_fixed_dropout_mask():
     def f(*args):
         return cpu.FusedAttention.apply(*args, idx, k, 0.3, (12345, 678))
 
-    assert torch.autograd.gradcheck(f, (qkv, ptab, emb), eps=1e-6, atol=1e-8, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (qkv, bias, ptab, emb), eps=1e-6, atol=1e-8, fast_mode=True)
 
 
 def act_on_feature_map(group, features, u):
@@ -219,3 +239,19 @@ def test_fallback_when_the_kernel_is_unavailable(monkeypatch, caplog):
     with pytest.raises(ValueError, match="GEVIT_ATTENTION must be one of"):
         monkeypatch.setenv("GEVIT_ATTENTION", "fast")
         layer(x)
+
+
+def test_extension_cache_is_shared_by_checkouts_at_other_paths(tmp_path, monkeypatch):
+    """The build key and folder depend on what the build depends on, not on where the checkout lies: a
+    copy of the kernel package elsewhere finds the same complete build and imports it without building."""
+    import importlib.util
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "kernels"
+    shutil.copytree(cpu.SOURCE.parents[1], copy, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("gevit_kernels_copy", copy / "cpu.py")
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    assert other.SOURCE != cpu.SOURCE and other.build_directory() == cpu.build_directory()
+    monkeypatch.setattr(other, "_build", lambda *args: pytest.fail("a complete build was rebuilt"))
+    assert other.load().forward.__doc__ == cpu.load().forward.__doc__
