@@ -246,3 +246,21 @@ def test_bad_canonicalizer_options_name_the_option(options, message):
         SteerableCanonicalization("c4", 1, frequencies=0)
     with pytest.raises(ValueError, match=r"vector_size=1 \(model\.aggregator\.vector_size\)"):
         OptimizedCanonicalization("c4", 1, vector_size=1)
+
+
+@pytest.mark.parametrize("kind", list(CANONICALIZERS))
+def test_state_dicts_do_not_depend_on_the_mode_and_reload_the_same_function(kind):
+    """A state dict saved in eval mode (as Lightning does at validation end) loads strictly into a fresh
+    training-mode canonicalizer, which then computes the same canonical images."""
+    views = GroupViews("d4")
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(0)
+    trained = randomized(CANONICALIZERS[kind]("d4", 1, **OPTIONS)).eval()
+    with torch.no_grad():
+        expected = trained(x, views)
+    torch.manual_seed(1)
+    fresh = CANONICALIZERS[kind]("d4", 1, **OPTIONS).train()
+    assert set(fresh.state_dict()) == set(trained.state_dict())
+    fresh.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x, views), expected, atol=1e-6)
