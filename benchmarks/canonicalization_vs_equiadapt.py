@@ -27,9 +27,9 @@ machine's load falls on all of them alike: Adam, lr 1e-3, task cross-entropy plu
   turns of the test digits: equiadapt's ``test/group_acc``);
 - training images/s (wall time of the steps, data in memory) and inference ms/image (eval, batches of
   256 test digits, interleaved rounds, median), with the load average beside them;
-- the invariance curve: for angles every ``--curve-step`` degrees, the mean relative change of the logits
-  of validation digits turned by that angle, and the accuracy on them (measured, not asserted: C4-exact
-  methods are 0 at multiples of 90 degrees).
+- the invariance curve: for angles every ``--curve-step`` degrees up to ``--curve-max``, the mean relative
+  change of the logits of validation digits turned by that angle, and the accuracy on them (measured, not
+  asserted: for a C4-exact method it is 0 at multiples of 90 degrees and repeats every 90).
 
 Methods (``--methods``, comma list): ``ours:<key=value>/...`` builds ``conf/model/aggregator/<name>.yaml``
 with overrides, e.g. ``ours:canonicalization/width=16/normalization=batch/prior_weight=10``;
@@ -67,22 +67,16 @@ HOW_TO_GET_EQUIADAPT = (
     "equiadapt is not importable: pip install --no-deps --target /tmp/equiadapt_pkgs equiadapt==0.1.2 e2cnn "
     "kornia kornia_rs, then run with PYTHONPATH=/tmp/equiadapt_pkgs (only this project's methods run now)"
 )
-# The selection grid of the default (width x normalisation x prior weight), the other methods, equiadapt's two.
+# The candidates for the default (width x prior weight, batch norm as equiadapt's), the other two
+# canonicalizers, equiadapt's default. A wider grid is one --methods away (see the module docstring).
 DEFAULT_METHODS = ",".join(
     [
-        f"ours:canonicalization/width={width}{norm}/prior_weight={prior}"
-        for width in (8, 16, 32)
-        for norm in ("", "/normalization=batch")
-        for prior in (1, 10, 100)
-    ]
-    + [
-        "ours:canonicalization_steerable/prior_weight=10",
+        "ours:canonicalization/width=16/normalization=batch/prior_weight=10",
+        "ours:canonicalization/width=32/normalization=batch/prior_weight=10",
+        "ours:canonicalization/width=32/normalization=batch/prior_weight=100",
         "ours:canonicalization_steerable/normalization=batch/prior_weight=10",
-        "ours:canonicalization_steerable/width=16/normalization=batch/prior_weight=10",
         "ours:canonicalization_optimized/prior_weight=10",
-        "ours:canonicalization_optimized/prior_weight=100",
         "equiadapt",
-        "equiadapt_steerable",
     ]
 )
 
@@ -307,7 +301,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-step", type=float, default=5.0, help="angles of the invariance curve (degrees)")
-    parser.add_argument("--curve-samples", type=int, default=500, help="validation digits of the curve")
+    parser.add_argument("--curve-max", type=float, default=90.0, help="the curve's last angle (degrees)")
+    parser.add_argument("--curve-samples", type=int, default=300, help="validation digits of the curve")
+    parser.add_argument("--save", type=Path, help="folder for the trained canonicalizers' state dicts")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -367,7 +363,12 @@ def main(argv=None) -> None:
     everything = [BackboneAlone(backbone), *methods]
     ms = inference_ms(everything, test_x[:256], args.rounds)
     load["after_timing"] = os.getloadavg()
-    curve = [args.curve_step * i for i in range(int(round(360 / args.curve_step)))]
+    curve = [args.curve_step * i for i in range(int(args.curve_max // args.curve_step) + 1)]
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for i, m in enumerate(methods):
+            module = m.model.net.aggregator if isinstance(m, Ours) else m.canonicalizer
+            torch.save({"method": m.name, "state_dict": module.state_dict()}, args.save / f"{i:02d}.pt")
     rows = []
     for m in everything:
         trains = bool(m.parameters)
@@ -390,7 +391,7 @@ def main(argv=None) -> None:
     load["end"] = os.getloadavg()
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "load_average": load, "rows": rows}
     print(markdown(rows))
-    print(curve_markdown(rows, [a for a in curve if a <= 90]))
+    print(curve_markdown(rows, curve))
     print(f"load average (1, 5, 15 min): {load}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
