@@ -32,7 +32,10 @@ class RotationRobustnessCallback(Callback):
     At the end of the test epoch it writes ``rotation_robustness.csv`` (angle, accuracy,
     invariance_error, num_samples) and ``rotation_robustness.png`` into ``output_dir``, logs
     ``test/rot_acc_mean``, ``test/rot_acc_min`` and ``test/invariance_error_rot90`` to every logger,
-    and a table + line plot to W&B when a ``WandbLogger`` is attached. ``self.results`` keeps the dict.
+    and a table + line plot to W&B when a ``WandbLogger`` is attached. ``self.results`` keeps the dict. A
+    model with an ``invariance_group`` (the post-hoc wrappers) also gets ``test/group_acc`` and
+    ``test/acc_group_element_i``: the accuracy on the test images transformed by each element of that group
+    (:class:`~gevit.robustness.RotationRobustness`).
 
     The figure names this run ``label`` (default: the network's class name) and, given ``reference`` (a
     ``rotation_robustness.csv`` of an earlier run, e.g. the committed plain-ViT curve), draws that curve
@@ -70,6 +73,12 @@ class RotationRobustnessCallback(Callback):
         self.reference_label = reference_label or (Path(reference).stem if reference else None)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
+        # a model that names the group it is invariant to (post-hoc wrappers) also gets its per-element accuracy
+        group = getattr(pl_module, "invariance_group", None)
+        if group is not self.meter.group:
+            self.meter = RotationRobustness(
+                self.requested_angles, self.meter.interpolation, self.meter.padding_mode, group=group
+            )
         self.meter.reset()
         self._seen = 0
         self.results = None
@@ -102,6 +111,10 @@ class RotationRobustnessCallback(Callback):
         pl_module.log("test/rot_acc_mean", self.results["acc_mean"], rank_zero_only=True)
         pl_module.log("test/rot_acc_min", self.results["acc_min"], rank_zero_only=True)
         pl_module.log("test/invariance_error_rot90", self.results["invariance_error_rot90"], rank_zero_only=True)
+        if "group_acc" in self.results:
+            pl_module.log("test/group_acc", self.results["group_acc"], rank_zero_only=True)
+            for i, accuracy in enumerate(self.results["group_element_accuracy"]):
+                pl_module.log(f"test/acc_group_element_{i}", accuracy, rank_zero_only=True)
         if self.label is None:
             self.label = type(getattr(pl_module, "net", pl_module)).__name__
         if trainer.is_global_zero:

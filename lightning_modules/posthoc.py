@@ -14,6 +14,7 @@ import torch.nn as nn
 from torchmetrics import MeanMetric
 
 from gevit.checkpoint_io import MissingCheckpointError
+from gevit.groups import Group
 from gevit.posthoc import PostHocInvariant, check_backbone
 from gevit.posthoc.aggregators import Aggregator
 from gevit.posthoc.backbones import RANDOM_INIT, Backbone, net_state_dict, read_framework_checkpoint
@@ -272,14 +273,21 @@ class PostHocClassifier(BaseClassifierModule):
                 module.train()
         return self
 
-    # ---- canonicalization: prior loss and accuracy on known rotations ------------------------------------
+    # ---- canonicalization: prior / contrastive losses and accuracy on known rotations -----------------------
+    @property
+    def invariance_group(self) -> Group:
+        """The group the model is made invariant to: the rotation-robustness callback reports the accuracy
+        on the test images transformed by each of its elements (``test/acc_group_element_i``, ``test/group_acc``)."""
+        return self.net.group
+
     def training_step(self, batch, batch_idx: int):
         loss = super().training_step(batch, batch_idx)
         aggregator = self.net.aggregator
-        if self.canonicalizes and aggregator.prior_weight > 0 and aggregator.training:
-            prior = aggregator.prior_loss(self.net.orientation_logits(self.normalize(batch[0])))
-            self.log("train/canon_prior", prior.detach(), on_step=False, on_epoch=True)
-            loss = loss + prior
+        if self.canonicalizes and aggregator.training:
+            # the canonicalizer's own objective on the training images: the prior, a contrastive term
+            for name, term in aggregator.auxiliary_losses(self.normalize(batch[0]), self.net.views).items():
+                self.log(f"train/canon_{name}", term.detach(), on_step=False, on_epoch=True)
+                loss = loss + term
         return loss
 
     @torch.no_grad()
@@ -289,8 +297,8 @@ class PostHocClassifier(BaseClassifierModule):
         normalized = self.normalize(images)
         generator = torch.Generator().manual_seed(seed)
         known = torch.randint(0, self.net.group.order, (len(images),), generator=generator).to(images.device)
-        transformed = self.net.views(normalized)[torch.arange(len(images), device=images.device), known]
-        return (self.net.orientation_logits(transformed).argmax(-1) == known).float().mean()
+        transformed = self.net.views.transform(normalized, known)
+        return (self.net.aggregator.predicted_elements(transformed, self.net.views) == known).float().mean()
 
     def validation_step(self, batch, batch_idx: int):
         super().validation_step(batch, batch_idx)

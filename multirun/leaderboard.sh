@@ -15,8 +15,8 @@
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
 #                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  POSTHOC_EPOCHS (5)
 #   upright_*      MNIST -> rotated (data.variant=upright_train: train/val upright, test rotated): a ViT
-#                  (10 epochs), its post-hoc wrappers as above and canonicalization (aggregator_only,
-#                  POSTHOC_EPOCHS)
+#                  (10 epochs), its post-hoc wrappers as above and canonicalization with the prior
+#                  (canonicalization_prior: the data are upright; aggregator_only, POSTHOC_EPOCHS)
 # Measured per run on 2 quiet CPU cores (2026-12-01, seed 0, curves on 500 test images): ViT 6.3 min, CvT 4.4,
 # EqCvT 5.9, hybrid p4 4.9 (3 epochs) and p4m ~20 (3 epochs: D4's 8 elements make its attention ~4x dearer),
 # GE-ViT 6.1 / GSA-Nets 5.3 (15 epochs; ~20 s per epoch), post-hoc C4 zero-shot 1.5, C4 lambda 2.7 (2 epochs),
@@ -143,7 +143,7 @@ one_seed() {
                 model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
         done
     done
-    posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization \
+    posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization_prior \
         model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
     # shellcheck disable=SC2046
     family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")

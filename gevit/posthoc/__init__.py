@@ -21,7 +21,15 @@ from gevit.posthoc.backbones import (
     torchvision_resnet,
     vit_backbone,
 )
-from gevit.posthoc.canonicalization import LearnedCanonicalization, OrientationNet
+from gevit.posthoc.canonicalization import (
+    Canonicalizer,
+    CanonicalizerInput,
+    DiscreteCanonicalization,
+    LearnedCanonicalization,
+    OrientationNet,
+)
+from gevit.posthoc.canonicalization_optimized import OptimizedCanonicalization, VectorNet
+from gevit.posthoc.canonicalization_steerable import SteerableCanonicalization, SteerableOrientationNet
 from gevit.posthoc.views import PADDINGS, GroupViews, disk_mask
 from gevit.posthoc.wrapper import REGIMES, SPATIAL_POOLINGS, PostHocInvariant
 
@@ -37,8 +45,15 @@ __all__ = [
     "timm_backbone",
     "torchvision_resnet",
     "vit_backbone",
+    "Canonicalizer",
+    "CanonicalizerInput",
+    "DiscreteCanonicalization",
     "LearnedCanonicalization",
+    "OptimizedCanonicalization",
     "OrientationNet",
+    "SteerableCanonicalization",
+    "SteerableOrientationNet",
+    "VectorNet",
     "PADDINGS",
     "GroupViews",
     "disk_mask",

@@ -7,7 +7,7 @@ permutations (``torch.rot90`` / ``torch.flip``); other angles are resampled with
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -62,15 +62,33 @@ class GroupViews(nn.Module):
     def order(self) -> int:
         return self.group.order
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, |G|, C, H, W)."""
+    def act(self, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Apply ``transform`` (a function of images whose empty pixels are 0, e.g. a rotation with zero
+        padding) to ``images`` (B, C, H, W) the way the views are made: with the background taken out, inside
+        the inscribed disk for ``circular_mask``, and put back. The result may have extra leading axes
+        (the orbit's (B, |G|, C, H, W))."""
         centred = images - self.background
         if self.padding == "circular_mask":
             mask = disk_mask(*images.shape[-2:]).to(images)
-            views = self.group.orbit(centred * mask, interpolation=self.interpolation) * mask
-        else:
-            views = self.group.orbit(centred, interpolation=self.interpolation)
-        return views + self.background.unsqueeze(1)
+            return transform(centred * mask) * mask + self.background
+        return transform(centred) + self.background
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, |G|, C, H, W)."""
+        return self.act(images, lambda centred: self.group.orbit(centred, interpolation=self.interpolation))
+
+    def transform(self, images: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) and element indices (B,) -> (B, C, H, W), image ``b`` transformed by ``g_{elements[b]}``:
+        ``views(images)[b, elements[b]]``, but each image is transformed once (not |G| times)."""
+
+        def each_by_its_element(centred: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(centred)
+            for element in elements.unique().tolist():
+                chosen = (elements == element).nonzero().squeeze(1)
+                out[chosen] = self.group.act_on_images(centred[chosen], element, interpolation=self.interpolation)
+            return out
+
+        return self.act(images, each_by_its_element)
 
     def inverse_on_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Apply ``g_i^-1`` to the spatial axes of view ``i``: (B, |G|, C, h, w) -> (B, |G|, C, h, w).

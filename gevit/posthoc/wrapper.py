@@ -21,7 +21,7 @@ read-out is symmetrised over the group: ``e = (1/|G|) sum_g P(g . F)`` with ``P`
 pooling, in one batched call — invariant for any ``P``, and ``P`` itself where it already was.
 
 Learned canonicalization (level ``input``) instead predicts an orientation ``h*`` and runs the backbone
-once on ``h*^-1 . x`` (:mod:`gevit.posthoc.canonicalization`).
+once on ``h*^-1 . x`` (:class:`gevit.posthoc.canonicalization.Canonicalizer`).
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ class PostHocInvariant(nn.Module):
         return features.unflatten(0, (b, g)), embeddings.unflatten(0, (b, g))
 
     def orientation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """A canonicalizing method's orientation logits (B, |G|) of (B, C, H, W) images."""
-        if self.aggregator.level != "input":
-            raise ValueError(f"the {self.aggregator.name} aggregator predicts no orientation")
-        return self.aggregator.orientation_logits(images - self.views.background)
+        """A discrete canonicalizer's orientation logits (B, |G|) of (B, C, H, W) images."""
+        if not hasattr(self.aggregator, "orientation_logits"):
+            raise ValueError(f"the {self.aggregator.name} aggregator predicts no orientation logits")
+        return self.aggregator.orientation_logits(images, self.views)
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """Combined maps (B, C, h, w) -> logits (B, K) through an invariant read-out (see the module docstring)."""
@@ -127,10 +127,8 @@ class PostHocInvariant(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         level = self.aggregator.level
-        if level == "input":
-            inverse_views = self.views(images)[:, self.group.inverses.to(images.device)]
-            canonical = self.aggregator(inverse_views, self.orientation_logits(images))
-            return self.backbone(canonical)
+        if level == "input":  # a canonicalizer: one canonical image per input, one backbone call
+            return self.backbone(self.aggregator(images, self.views))
         features, embeddings = self.view_features(images)
         if level == "embedding":
             return self.backbone.head(self.aggregator(embeddings))
