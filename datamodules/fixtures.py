@@ -19,10 +19,15 @@ import h5py
 import numpy as np
 import torch
 
-from datamodules.formats import read_mnist_pair
-from datamodules.pcam import pcam_file_name
-from datamodules.rotmnist import RotMNISTDataModule, quantize_uint8
-from datamodules.rotmnist_mini import ASSET_DIR
+from datamodules.formats import (
+    EMBEDDED_MNIST_DIR,
+    ROTMNIST_TEST,
+    ROTMNIST_TRAIN_VALID,
+    ROTMNIST_ZIP,
+    pcam_file_name,
+    quantize_uint8,
+    read_mnist_pair,
+)
 from gevit.rotations import rotate
 
 AMAT_FORMAT = "%.10e"
@@ -33,7 +38,9 @@ _AMAT_LABELS = [AMAT_FORMAT % label for label in range(10)]
 @lru_cache(maxsize=1)
 def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 embedded MNIST test digits: uint8 ``(10000, 28, 28)`` (MNIST orientation), int64 labels."""
-    return read_mnist_pair(ASSET_DIR / "t10k-images-idx3-ubyte.gz", ASSET_DIR / "t10k-labels-idx1-ubyte.gz")
+    return read_mnist_pair(
+        EMBEDDED_MNIST_DIR / "t10k-images-idx3-ubyte.gz", EMBEDDED_MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+    )
 
 
 def rotated_digits(start: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +68,7 @@ def write_rotmnist_zip(
     directory: Path,
     n_train_valid: int,
     n_test: int,
-    members: tuple[str, ...] = (RotMNISTDataModule.train_valid_name, RotMNISTDataModule.test_name),
+    members: tuple[str, ...] = (ROTMNIST_TRAIN_VALID, ROTMNIST_TEST),
 ) -> dict[str, np.ndarray]:
     """Write ``mnist_rotation_new.zip`` with the two real-named ``.amat`` members into ``directory``.
 
@@ -71,10 +78,10 @@ def write_rotmnist_zip(
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _rotmnist_arrays(n_train_valid, n_test)
     contents = {
-        RotMNISTDataModule.train_valid_name: amat_bytes(arrays["train_valid_images"], arrays["train_valid_labels"]),
-        RotMNISTDataModule.test_name: amat_bytes(arrays["test_images"], arrays["test_labels"]),
+        ROTMNIST_TRAIN_VALID: amat_bytes(arrays["train_valid_images"], arrays["train_valid_labels"]),
+        ROTMNIST_TEST: amat_bytes(arrays["test_images"], arrays["test_labels"]),
     }
-    with zipfile.ZipFile(directory / RotMNISTDataModule.zip_name, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(directory / ROTMNIST_ZIP, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in members:
             archive.writestr(name, contents[name])
     return arrays
@@ -84,10 +91,10 @@ def write_rotmnist_amats(directory: Path, n_train_valid: int, n_test: int) -> di
     """Like :func:`write_rotmnist_zip`, but the two ``.amat`` files extracted into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _rotmnist_arrays(n_train_valid, n_test)
-    (directory / RotMNISTDataModule.train_valid_name).write_bytes(
+    (directory / ROTMNIST_TRAIN_VALID).write_bytes(
         amat_bytes(arrays["train_valid_images"], arrays["train_valid_labels"])
     )
-    (directory / RotMNISTDataModule.test_name).write_bytes(amat_bytes(arrays["test_images"], arrays["test_labels"]))
+    (directory / ROTMNIST_TEST).write_bytes(amat_bytes(arrays["test_images"], arrays["test_labels"]))
     return arrays
 
 

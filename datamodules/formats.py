@@ -356,3 +356,23 @@ def open_zip_member(
         return archive.open(members[0])
     except _STREAM_ERRORS as err:
         raise DataFileError(archive_path, f"member {members[0].filename!r} cannot be read ({err})", fix) from err
+
+
+# ---- the real files' names and pixel encoding: read by the data modules, written by datamodules.fixtures ----
+ROTMNIST_ZIP = "mnist_rotation_new.zip"
+ROTMNIST_TRAIN_VALID = "mnist_all_rotation_normalized_float_train_valid.amat"
+ROTMNIST_TEST = "mnist_all_rotation_normalized_float_test.amat"
+# the MNIST test split embedded in the package (RotMNIST-mini and the fixtures' digits)
+EMBEDDED_MNIST_DIR = Path(__file__).resolve().parent / "assets" / "mnist"
+# split name in this project -> split name in the PCam file names
+PCAM_FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def pcam_file_name(split: str, kind: str) -> str:
+    """``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`` for ``split`` in train/val/test."""
+    return f"camelyonpatch_level_2_split_{PCAM_FILE_SPLITS[split]}_{kind}.h5"
+
+
+def quantize_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] -> uint8 by rounding ``x * 255`` (so 1.0 -> 255 and 0.0 -> 0, exactly)."""
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)

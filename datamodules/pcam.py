@@ -14,19 +14,12 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BaseImageDataModule, subsample_indices
 from datamodules.errors import DataFileError
-from datamodules.formats import download_url, gunzip_file
+from datamodules.formats import PCAM_FILE_SPLITS, download_url, gunzip_file, pcam_file_name
 
 log = logging.getLogger(__name__)
 
-# Split name in this project -> split name in the PCam file names.
-FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
 OFFICIAL_LENGTHS = {"train": 262144, "val": 32768, "test": 32768}
 IMAGE_SHAPE = (96, 96, 3)
-
-
-def pcam_file_name(split: str, kind: str) -> str:
-    """``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`` for ``split`` in train/val/test."""
-    return f"camelyonpatch_level_2_split_{FILE_SPLITS[split]}_{kind}.h5"
 
 
 class H5PatchDataset(Dataset):
@@ -144,7 +137,7 @@ class PCamDataModule(BaseImageDataModule):
         """Download and gunzip the missing files when ``download=True``; else fail naming them."""
         missing = [
             self._path(split, kind)
-            for split in FILE_SPLITS
+            for split in PCAM_FILE_SPLITS
             for kind in ("x", "y")
             if not self._path(split, kind).is_file()
         ]
@@ -171,7 +164,7 @@ class PCamDataModule(BaseImageDataModule):
         if self.train_set is not None:
             return
         datasets = {}
-        for split in FILE_SPLITS:
+        for split in PCAM_FILE_SPLITS:
             x_path, labels = self._check_split(split)
             indices = subsample_indices(len(labels), self.fractions[split], self.split_seed).numpy()
             transform = self.train_transform if split == "train" else None

@@ -14,16 +14,20 @@ import torch
 
 from datamodules.base import BaseImageDataModule, TensorImageDataset, subsample_indices
 from datamodules.errors import DataFileError
-from datamodules.formats import download_url, open_zip_member, read_amat, verify_md5
+from datamodules.formats import (
+    ROTMNIST_TEST,
+    ROTMNIST_TRAIN_VALID,
+    ROTMNIST_ZIP,
+    download_url,
+    open_zip_member,
+    quantize_uint8,
+    read_amat,
+    verify_md5,
+)
 
 log = logging.getLogger(__name__)
 
 ORIENTATIONS = ("mnist", "as_stored")
-
-
-def quantize_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] -> uint8 by rounding ``x * 255`` (so 1.0 -> 255 and 0.0 -> 0, exactly)."""
-    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
 
 
 class RotMNISTDataModule(BaseImageDataModule):
@@ -69,9 +73,9 @@ class RotMNISTDataModule(BaseImageDataModule):
 
     url = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
     md5 = "0f9a947ff3d30e95cd685462cbf3b847"
-    zip_name = "mnist_rotation_new.zip"
-    train_valid_name = "mnist_all_rotation_normalized_float_train_valid.amat"
-    test_name = "mnist_all_rotation_normalized_float_test.amat"
+    zip_name = ROTMNIST_ZIP
+    train_valid_name = ROTMNIST_TRAIN_VALID
+    test_name = ROTMNIST_TEST
     cache_name = "rotmnist_cache_v1.npz"
     # Row counts of the official files; other counts are accepted (tests use small files) with a warning.
     official_rows = {"train_valid": 12000, "test": 50000}

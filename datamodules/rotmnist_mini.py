@@ -10,12 +10,11 @@ import torch
 
 from datamodules.base import BaseImageDataModule, TensorImageDataset, seeded_split
 from datamodules.errors import DataFileError
-from datamodules.formats import find_file, read_mnist_pair
-from datamodules.rotmnist import quantize_uint8
+from datamodules.formats import EMBEDDED_MNIST_DIR, find_file, quantize_uint8, read_mnist_pair
 
 log = logging.getLogger(__name__)
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "mnist"
+ASSET_DIR = EMBEDDED_MNIST_DIR  # a module attribute, so that tests can point it elsewhere
 IMAGES_NAME = "t10k-images-idx3-ubyte"
 LABELS_NAME = "t10k-labels-idx1-ubyte"
 # md5 of the decompressed official MNIST test files.

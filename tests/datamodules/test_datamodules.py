@@ -39,9 +39,7 @@ from datamodules.fixtures import (
     write_rotmnist_amats,
     write_rotmnist_zip,
 )
-from datamodules.formats import download_url, md5sum, read_amat, read_idx
-from datamodules.pcam import pcam_file_name
-from datamodules.rotmnist import quantize_uint8
+from datamodules.formats import download_url, md5sum, pcam_file_name, quantize_uint8, read_amat, read_idx
 from datamodules.rotmnist_mini import ASSET_DIR, IMAGES_MD5, LABELS_MD5
 from gevit.rotations import rotate
 from runkit.config import compose
