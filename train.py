@@ -15,8 +15,6 @@ codes that say what happened, safe checkpoint loading) are listed in README "Gua
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,157 +22,30 @@ from typing import Optional
 import gevit.openmp  # noqa: F401  # isort: skip  (before lightning imports torch: OpenMP wait policy)
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.callbacks import RotationRobustnessCallback, run_summary
-from runkit.checkpoint_loading import load_checkpoint
-from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback
-from runkit.config import instantiate_collection, instantiate_named, save_config
-from runkit.config_validation import ConfigError, validate_config
+from runkit.callbacks import RotationRobustnessCallback, run_summary
+from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback, selected_checkpoint, selection_callback
+from runkit.config import build_trainer, config_choices, instantiate_collection, instantiate_named, save_config
+from runkit.config_validation import check_before_running
 from runkit.data_order import seed_training_order
 from runkit.memory import check_memory
 from runkit.naming import run_identity
 from runkit.provenance import git_state, write_metrics_json
 from runkit.resolvers import register_resolvers
-from runkit.run_config import build_run_config, check_eval_checkpoint, check_resume_checkpoint, stored_run_config
-from runkit.run_dir import done_message, has_records, plan_run
-from runkit.run_lock import LOCK_FILE, RunLock, is_launching_process
+from runkit.run_config import build_run_config, check_run_checkpoint
+from runkit.run_dir import done_message, plan_run, record_refused_start, run_settings
+from runkit.run_lock import RunLock, is_launching_process, quiet_secondary_process
+from runkit.slurm import cluster_plugins
+from runkit.stopping import SignalGuard, stop_reason
 from runkit.wandb_logging import configure_wandb, finish_wandb, start_wandb_runs, update_wandb_summary
 
 log = logging.getLogger("train")
 register_resolvers()
 
-# Exit codes of a run stopped by a signal (the shell's convention, 128 + signal number).
-EXIT_SIGTERM = 128 + signal.SIGTERM
-EXIT_SIGINT = 128 + signal.SIGINT
-
 
 def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
-
-
-def cluster_plugins() -> list:
-    """Exactly one of submitit and Lightning requeues a preempted or timed-out Slurm job.
-
-    Under submitit (``hydra/launcher=slurm``) submitit does: it catches USR2, pickles the job and requeues
-    it, and the requeued job resumes from its own ``last.ckpt`` (``auto_resume``). Lightning's own
-    requeue (on USR1) is then switched off. Under a plain ``sbatch`` Lightning keeps its default."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and SLURMEnvironment.detect():
-        return [SLURMEnvironment(auto_requeue=False)]
-    return []
-
-
-def selection_callback(trainer: L.Trainer):
-    """The ModelCheckpoint that selects on validation (not the every-epoch ``last.ckpt`` writer)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-
-
-def selected_checkpoint(trainer: L.Trainer) -> Optional[str]:
-    callback = selection_callback(trainer)
-    path = getattr(callback, "best_model_path", "") if callback is not None else ""
-    return path or None
-
-
-def config_choices() -> dict:
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    return {
-        str(k): (None if v is None else str(v)) for k, v in (hydra_cfg.runtime.choices.items() if hydra_cfg else [])
-    }
-
-
-def check_schedule(cfg: DictConfig) -> None:
-    """Refuse, before any work, a training schedule that can never validate (nothing could be selected)."""
-    if not cfg.train:
-        return
-    trainer = cfg.trainer
-    for key in ("max_epochs", "max_steps"):
-        if trainer.get(key) == 0:
-            raise ConfigError(
-                f"trainer.{key}=0: this run would train nothing and test untrained weights; give it epochs, "
-                "or evaluate a checkpoint with train=false ckpt_path=..."
-            )
-    if trainer.get("limit_val_batches") in (0, 0.0):
-        raise ConfigError(
-            "trainer.limit_val_batches=0: this run would never validate, so no checkpoint could be "
-            "selected; give it validation batches, or evaluate with train=false"
-        )
-    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
-    if (
-        isinstance(every, int)
-        and isinstance(epochs, int)
-        and epochs > 0
-        and every > epochs
-        and trainer.get("max_steps", -1) in (-1, None)
-        and not trainer.get("val_check_interval")
-    ):
-        raise ConfigError(
-            f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: this run would "
-            "never validate; lower check_val_every_n_epoch"
-        )
-
-
-class _SignalGuard:
-    """SIGTERM at any point of a run ends it with the status and exit code 143.
-
-    Where Lightning's own handler is installed (inside its fit/validate/test loops) it stops at the next batch
-    boundary, which keeps checkpoints whole; this handler, which Lightning calls too, only records the signal,
-    and :meth:`raise_if_received` raises it as soon as the trainer returns (a signal at the last batch, in the
-    epoch-end hooks or in data preparation is not lost). Everywhere else (data preparation, model building,
-    between fit and test, writing outputs) it raises at once."""
-
-    def __init__(self):
-        self.received = False
-        self.previous = None
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook runner): leave signals alone
-            self.previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = True
-        if signal.getsignal(signal.SIGTERM) == self._handle:  # Lightning's handler is not installed
-            raise SIGTERMException()
-
-    def raise_if_received(self) -> None:
-        if self.received:
-            raise SIGTERMException()
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
-def quiet_secondary_process() -> None:
-    """Keep only warnings and errors of a DDP process that is not rank 0 (they share rank 0's log file)."""
-    root = logging.getLogger()
-    root.setLevel(logging.WARNING)
-    for handler in root.handlers:
-        handler.setLevel(max(handler.level, logging.WARNING))
-
-
-def _stop_reason(err: BaseException) -> tuple[str, Optional[int]]:
-    """(metrics.json status, exit code to raise instead; None = re-raise ``err``) of an exception ending a run."""
-    if isinstance(err, SIGTERMException):
-        return "interrupted: SIGTERM", EXIT_SIGTERM
-    if isinstance(err, KeyboardInterrupt) or (
-        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
-    ):
-        return "interrupted: SIGINT", EXIT_SIGINT
-    if isinstance(err, SystemExit):
-        if os.environ.get("SUBMITIT_EXECUTOR") and err.code == -1:
-            # submitit checkpointed and requeued the job; the requeued job resumes and overwrites this file
-            return "requeued", None
-        return f"interrupted: SystemExit({err.code})", None if err.code not in (None, 0) else 1
-    return f"failed: {type(err).__name__}: {err}", None
 
 
 def run(cfg: DictConfig) -> tuple[dict, dict]:
@@ -184,7 +55,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     out_dir = output_dir_of(cfg)
     main_process = is_launching_process()
     try:
-        check_options(cfg)
+        check_before_running(cfg)
     except Exception as err:
         if main_process:
             record_refused_start(out_dir, cfg, err, started)
@@ -203,19 +74,19 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     objects: dict = {}
     recording = False  # metrics.json is written only by a run that got past the checks of its directory
     try:
-        with _SignalGuard() as guard:
+        with SignalGuard() as guard:
             if main_process:
                 lock.acquire()
-            plan = plan_run(out_dir, _run_settings(cfg), owner=main_process)
+            plan = plan_run(out_dir, run_settings(cfg), owner=main_process)
             if plan.action == "done":
                 log.info(done_message(out_dir, plan.finished or {}))
                 return plan.finished or {}, objects
-            _check_checkpoint(cfg, plan.resume_from, run_config)
+            check_run_checkpoint(cfg, plan.resume_from, run_config)
             recording = True
             _run(cfg, out_dir, metrics, objects, guard, main_process, run_config, plan.resume_from)
         metrics["status"] = "completed"
     except BaseException as err:
-        metrics["status"], exit_code = _stop_reason(err)
+        metrics["status"], exit_code = stop_reason(err)
         if exit_code is not None:
             raise SystemExit(exit_code) from err
         raise
@@ -229,59 +100,12 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, objects
 
 
-def check_options(cfg: DictConfig) -> None:
-    """Everything about the options that can be refused before the run directory is looked at."""
-    validate_config(cfg)
-    if not cfg.train and not cfg.test:
-        raise ValueError("train=false and test=false: nothing to do")
-    if not cfg.train and not cfg.get("ckpt_path"):
-        raise ValueError("train=false needs ckpt_path=FILE (the checkpoint to evaluate)")
-    check_schedule(cfg)
-
-
-def record_refused_start(out_dir: Path, cfg: DictConfig, err: BaseException, started: float) -> None:
-    """A job refused for its options leaves a ``failed: ...`` metrics.json, so that a sweep's table shows why
-    it has no result; only in a directory no run has written to (another run's records are never touched)."""
-    if not out_dir.is_dir() or has_records(out_dir) or (out_dir / LOCK_FILE).exists():
-        return
-    status, _ = _stop_reason(err)
-    metrics = {"status": status, "output_dir": str(out_dir), "seed": cfg.get("seed")}
-    metrics["duration_s"] = round(time.time() - started, 2)
-    try:
-        write_metrics_json(out_dir / "metrics.json", metrics)
-    except OSError as write_error:  # the refusal itself is what the user must see
-        log.warning("could not record the refused start in %s: %s", out_dir, write_error)
-
-
-def _run_settings(cfg: DictConfig) -> dict:
-    """The resolved options :func:`runkit.run_dir.plan_run` compares with a finished run's."""
-    keys = ("model", "data", "trainer", "seed", "train", "test", "ckpt_path", "auto_resume")
-    return {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        for key in keys
-    }
-
-
-def _check_checkpoint(cfg: DictConfig, resume_from: Optional[str], run_config: dict) -> None:
-    """A checkpoint the user names is checked before anything is written: safe to load, not corrupt, and of
-    this run's model (and, to resume, of this run's data and schedule)."""
-    option = "ckpt_path" if cfg.get("ckpt_path") else None
-    if cfg.train and resume_from:
-        if not cfg.get("ckpt_path"):
-            log.info("auto_resume: continuing from %s", resume_from)
-        stored = stored_run_config(load_checkpoint(resume_from, option=option))
-        check_resume_checkpoint(resume_from, stored, run_config, auto=not cfg.get("ckpt_path"))
-    elif not cfg.train:
-        stored = stored_run_config(load_checkpoint(cfg.ckpt_path, option=option))
-        check_eval_checkpoint(cfg.ckpt_path, stored, run_config)
-
-
 def _run(
     cfg: DictConfig,
     out_dir: Path,
     metrics: dict,
     objects: dict,
-    guard: _SignalGuard,
+    guard: SignalGuard,
     main_process: bool,
     run_config: dict,
     resume_from: Optional[str],
@@ -373,18 +197,6 @@ def _run(
     update_wandb_summary(
         trainer, {k: v for k, v in metrics.items() if k.startswith("model/params") or k.endswith("images_per_s")}
     )
-
-
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, plugins: list) -> L.Trainer:
-    from hydra.errors import InstantiationException
-
-    try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
-    except InstantiationException as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        if isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == "MisconfigurationException":
-            raise ConfigError(f"trainer: {cause}") from err
-        raise
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -12,6 +12,9 @@
 - :mod:`runkit.run_dir`: what a run directory already holds decides what a run does (resume, done, refuse, set
   aside), checked before anything is written;
 - :mod:`runkit.run_config`: what a checkpoint belongs to, and the resume/evaluate checks;
+- :mod:`runkit.stopping`: signals at any point of a run become a status and an exit code;
+- :mod:`runkit.callbacks`: the training callbacks (rotation robustness at test time, epoch summaries,
+  throughput, preemption rehearsal);
 - :mod:`runkit.data_order`: the training order and the workers' random streams as functions of (seed, epoch);
 - :mod:`runkit.memory`: the memory estimate before the first batch;
 - :mod:`runkit.trusted_targets`: the ``_target_``s a stored config may name (a stored config is data);

@@ -204,3 +204,16 @@ class LastCheckpoint(Checkpoint):
         if self._finished_epochs(trainer) > self._saved_epochs:
             log.warning("stop signal between epochs: writing %s before exiting", self.path)
             self._save(trainer)
+
+
+def selection_callback(trainer: L.Trainer):
+    """The ModelCheckpoint that selects on validation (not the every-epoch ``last.ckpt`` writer)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
+def selected_checkpoint(trainer: L.Trainer) -> Optional[str]:
+    callback = selection_callback(trainer)
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path or None

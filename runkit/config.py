@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runkit.config_validation import ConfigError
 from runkit.resolvers import PROJECT_ROOT, register_resolvers
 
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -120,3 +123,22 @@ def config_tree(cfg: DictConfig) -> str:
         body = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else f"{value}\n"
         lines.extend("  " + line for line in body.rstrip("\n").splitlines())
     return "\n".join(lines) + "\n"
+
+
+def config_choices() -> dict:
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    return {
+        str(k): (None if v is None else str(v)) for k, v in (hydra_cfg.runtime.choices.items() if hydra_cfg else [])
+    }
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, plugins: list) -> L.Trainer:
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
+    except InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == "MisconfigurationException":
+            raise ConfigError(f"trainer: {cause}") from err
+        raise

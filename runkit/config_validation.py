@@ -259,3 +259,45 @@ def validate_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> None
         raise ConfigError(
             "invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1 else f"invalid config: {problems[0]}"
         )
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """Refuse, before any work, a training schedule that can never validate (nothing could be selected)."""
+    if not cfg.train:
+        return
+    trainer = cfg.trainer
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}=0: this run would train nothing and test untrained weights; give it epochs, "
+                "or evaluate a checkpoint with train=false ckpt_path=..."
+            )
+    if trainer.get("limit_val_batches") in (0, 0.0):
+        raise ConfigError(
+            "trainer.limit_val_batches=0: this run would never validate, so no checkpoint could be "
+            "selected; give it validation batches, or evaluate with train=false"
+        )
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if (
+        isinstance(every, int)
+        and isinstance(epochs, int)
+        and epochs > 0
+        and every > epochs
+        and trainer.get("max_steps", -1) in (-1, None)
+        and not trainer.get("val_check_interval")
+    ):
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: this run would "
+            "never validate; lower check_val_every_n_epoch"
+        )
+
+
+def check_before_running(cfg: DictConfig) -> None:
+    """Everything about the options that can be refused before the run directory is looked at: the whole
+    config (:func:`validate_config`), what the run is asked to do, and its schedule."""
+    validate_config(cfg)
+    if not cfg.train and not cfg.test:
+        raise ValueError("train=false and test=false: nothing to do")
+    if not cfg.train and not cfg.get("ckpt_path"):
+        raise ValueError("train=false needs ckpt_path=FILE (the checkpoint to evaluate)")
+    check_schedule(cfg)

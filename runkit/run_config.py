@@ -8,6 +8,10 @@ import json
 import logging
 from typing import Any, Optional, Sequence
 
+from omegaconf import DictConfig
+
+from runkit.checkpoint_loading import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -185,3 +189,17 @@ def check_resume_checkpoint(path: str, stored: Optional[dict], current: dict, au
     raise CheckpointMismatchError(
         f"cannot resume from {path}: it belongs to a run with other settings{note}: {listed}. {ways}"
     )
+
+
+def check_run_checkpoint(cfg: DictConfig, resume_from: Optional[str], run_config: dict) -> None:
+    """A checkpoint the user names is checked before anything is written: safe to load, not corrupt, and of
+    this run's model (and, to resume, of this run's data and schedule)."""
+    option = "ckpt_path" if cfg.get("ckpt_path") else None
+    if cfg.train and resume_from:
+        if not cfg.get("ckpt_path"):
+            log.info("auto_resume: continuing from %s", resume_from)
+        stored = stored_run_config(load_checkpoint(resume_from, option=option))
+        check_resume_checkpoint(resume_from, stored, run_config, auto=not cfg.get("ckpt_path"))
+    elif not cfg.train:
+        stored = stored_run_config(load_checkpoint(cfg.ckpt_path, option=option))
+        check_eval_checkpoint(cfg.ckpt_path, stored, run_config)

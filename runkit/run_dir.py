@@ -33,7 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import DictConfig, OmegaConf
+
+from runkit.provenance import write_metrics_json
 from runkit.run_config import build_run_config, config_differences, describe_difference
+from runkit.run_lock import LOCK_FILE
+from runkit.stopping import stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +250,26 @@ class RunDirGuard(_HydraCallback):
         if plan.action == "done":
             print(done_message(run_dir, plan.finished or {}), file=sys.stderr)
             raise SystemExit(0)
+
+
+def run_settings(cfg: DictConfig) -> dict:
+    """The resolved options :func:`plan_run` compares with a finished run's."""
+    keys = ("model", "data", "trainer", "seed", "train", "test", "ckpt_path", "auto_resume")
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in keys
+    }
+
+
+def record_refused_start(out_dir: Path, cfg: DictConfig, err: BaseException, started: float) -> None:
+    """A job refused for its options leaves a ``failed: ...`` metrics.json, so that a sweep's table shows why
+    it has no result; only in a directory no run has written to (another run's records are never touched)."""
+    if not out_dir.is_dir() or has_records(out_dir) or (out_dir / LOCK_FILE).exists():
+        return
+    status, _ = stop_reason(err)
+    metrics = {"status": status, "output_dir": str(out_dir), "seed": cfg.get("seed")}
+    metrics["duration_s"] = round(time.time() - started, 2)
+    try:
+        write_metrics_json(out_dir / "metrics.json", metrics)
+    except OSError as write_error:  # the refusal itself is what the user must see
+        log.warning("could not record the refused start in %s: %s", out_dir, write_error)

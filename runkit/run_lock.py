@@ -187,3 +187,11 @@ class RunLock:
             except OSError:
                 pass
         self.owned = False
+
+
+def quiet_secondary_process() -> None:
+    """Keep only warnings and errors of a DDP process that is not rank 0 (they share rank 0's log file)."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in root.handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))

@@ -156,3 +156,16 @@ def poll_without_sacct_where_needed() -> None:
     """Make submitit poll job states with :class:`QueueStateWatcher` (in the process that submits)."""
     if not isinstance(SlurmJob.watcher, QueueStateWatcher):
         SlurmJob.watcher = QueueStateWatcher(delay_s=SlurmJob.watcher._delay_s)
+
+
+def cluster_plugins() -> list:
+    """Exactly one of submitit and Lightning requeues a preempted or timed-out Slurm job.
+
+    Under submitit (``hydra/launcher=slurm``) submitit does: it catches USR2, pickles the job and requeues
+    it, and the requeued job resumes from its own ``last.ckpt`` (``auto_resume``). Lightning's own
+    requeue (on USR1) is then switched off. Under a plain ``sbatch`` Lightning keeps its default."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []

@@ -27,6 +27,7 @@ from runkit.data_order import EpochSeededSampler
 from runkit.memory import MemoryEstimateError, check_memory
 from runkit.run_config import CheckpointMismatchError
 from runkit.run_lock import RunDirLockedError, RunLock
+from runkit.stopping import EXIT_SIGINT, EXIT_SIGTERM
 from tests.runkit.conftest import PHASES
 from tests.support.compose import FAST, TINY_VIT, compose_config
 from tests.support.processes import EPOCHS, REPO, STEPS_PER_EPOCH, finish, launch, metrics_of
@@ -78,10 +79,10 @@ def test_a_second_process_in_a_live_run_dir_is_refused(processes):
 
 def test_sigterm_and_sigint_exit_non_zero_with_status(processes):
     rc, log = processes["sigterm"]
-    assert rc == train_script.EXIT_SIGTERM, log[-3000:]
+    assert rc == EXIT_SIGTERM, log[-3000:]
     assert metrics_of(processes["dirs"]["sigterm"])["status"] == "interrupted: SIGTERM"
     rc, log = processes["sigint"]
-    assert rc == train_script.EXIT_SIGINT, log[-3000:]
+    assert rc == EXIT_SIGINT, log[-3000:]
     assert metrics_of(processes["dirs"]["sigint"])["status"] == "interrupted: SIGINT"
     # the epoch-0 checkpoint is intact and resumable; the interrupted epoch was not half-saved
     last = load_checkpoint(processes["dirs"]["sigterm"] / "checkpoints" / "last.ckpt")
@@ -93,7 +94,7 @@ def test_a_signal_at_any_point_of_a_run_exits_non_zero_with_status(processes, ph
     rc, log = processes[phase]
     assert (processes["dirs"][phase] / "paused_at").is_file()
     name = "SIGTERM" if phase.startswith("sigterm") else "SIGINT"
-    expected = train_script.EXIT_SIGTERM if name == "SIGTERM" else train_script.EXIT_SIGINT
+    expected = EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
     assert rc == expected, log[-3000:]
     assert metrics_of(processes["dirs"][phase])["status"] == f"interrupted: {name}"
 

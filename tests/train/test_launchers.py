@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from runkit.config import compose
 from runkit.config_validation import ConfigError
+from runkit.slurm import cluster_plugins
 from tests.support.compose import FAST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,14 +217,12 @@ def test_slurm_launcher_generates_the_expected_sbatch_file(tmp_path):
 def test_lightning_does_not_requeue_jobs_that_submitit_manages(monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    import train as train_script
-
     for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "42"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    assert train_script.cluster_plugins() == []  # plain sbatch: Lightning's own requeue stays on
+    assert cluster_plugins() == []  # plain sbatch: Lightning's own requeue stays on
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    (plugin,) = train_script.cluster_plugins()
+    (plugin,) = cluster_plugins()
     assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue is False
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lightning_modules.callbacks import (
+from runkit.callbacks import (
     RotationRobustnessCallback,
     plot_rotation_robustness,
     read_rotation_robustness_csv,
