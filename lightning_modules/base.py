@@ -128,7 +128,7 @@ class BaseClassifierModule(L.LightningModule):
                 f"batch {batch_idx}. Stopping instead of skipping the batch; resume from the last good "
                 "checkpoint (ckpt_path=.../checkpoints/last.ckpt) with a lower learning rate, or check the data."
             )
-        self.train_loss(loss.detach())
+        self.train_loss(loss.detach(), weight=len(targets))  # a mean over images, not over batches
         self.train_acc(logits.detach(), targets)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -136,7 +136,7 @@ class BaseClassifierModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int):
         loss, logits, targets = self.model_step(batch)
-        self.val_loss(loss)
+        self.val_loss(loss, weight=len(targets))
         self.val_acc(logits, targets)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -149,7 +149,7 @@ class BaseClassifierModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int):
         loss, logits, targets = self.model_step(batch)
-        self.test_loss(loss)
+        self.test_loss(loss, weight=len(targets))
         self.test_acc(logits, targets)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)

@@ -55,7 +55,7 @@ def aggregator_weighs_views(aggregator: nn.Module) -> bool:
 
 
 def _group_transformer_name(net: GroupTransformer) -> str:
-    return "GE-ViT" if net.lifting.encoding == "gevit" else "GSA-Nets"
+    return net.lifting.encoding.family
 
 
 def _reach(net: GroupTransformer) -> str:

@@ -13,14 +13,15 @@ position sees every other one). Each head has ``mid_channels`` channels; logits 
   ``(m, y)`` for each query element ``g``, and the output at ``v`` sums the attended values over ``g``.
 
 ``P_v`` is the spatial encoding: row and column MLPs over normalised offsets acted on by ``v``;
-``E`` an embedding of group elements. The two encodings differ (``encoding=``):
+``E`` an embedding of group elements. How ``P_v`` and ``idx`` see the group is the layer's positional
+encoding (``encoding=``, one class each in ``gevit/layers/encodings.py``):
 
 * ``gevit`` (GE-ViT, exact): ``P_v(d) = P(A_v^-1 d)`` and ``idx = a b^-1 a`` with ``a = v^-1 g``,
-  ``b = v^-1 m`` (for rotations ``2g - m - v``). Both depend on (v, g, m) only through ``v^-1 g`` and
-  ``v^-1 m``, which makes the layers equivariant: rotating the input by ``u`` (90-degree multiples, and
-  mirrors for E(2) groups) rotates the output in space and moves the group axis by ``g -> u g``.
-* ``gsanet`` (GSA-Nets, faithful to its code): ``P_v(d) = P(A_v d)`` and ``idx = v m g^-1``
-  (``m + v - g`` for rotations): not equivariant, by a small amount — the flaw GE-ViT corrects.
+  ``b = v^-1 m``. Both depend on (v, g, m) only through ``v^-1 g`` and ``v^-1 m``, which makes the layers
+  equivariant: rotating the input by ``u`` (90-degree multiples, and mirrors for E(2) groups) rotates the
+  output in space and moves the group axis by ``g -> u g``.
+* ``gsanet`` (GSA-Nets, faithful to its code): ``P_v(d) = P(A_v d)`` and ``idx = v m g^-1``: not
+  equivariant, by a small amount — the flaw GE-ViT corrects.
 
 The fast path builds the logits ``(B, heads, P, |G|_v, |G|_g, |G|_m * k^2)`` for a chunk of P query
 positions with broadcast adds (the content term does not depend on ``v``, the spatial term not on
@@ -55,10 +56,10 @@ import torch.nn.functional as F
 
 from gevit import openmp
 from gevit.groups import Group, get_group
+from gevit.layers.encodings import PositionalEncoding, get_encoding
 
 log = logging.getLogger(__name__)
 
-ENCODINGS = ("gevit", "gsanet")
 BACKENDS = ("auto", "eager", "cpu", "triton")
 _backend_override: Optional[str] = None
 _announced: set = set()
@@ -153,32 +154,18 @@ def normalised_offsets(patch_size: int) -> torch.Tensor:
     return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
 
 
-def acted_offsets(group: Group, patch_size: int, encoding: str) -> torch.Tensor:
-    """(|G|, k*k, 2) offsets seen by each output element v: ``A_v^-1 d`` (gevit) or ``A_v d`` (gsanet)."""
+def acted_offsets(group: Group, patch_size: int, encoding: str | PositionalEncoding) -> torch.Tensor:
+    """(|G|, k*k, 2) offsets seen by each output element v: the encoding's ``offset_matrix(v) @ d``."""
     offsets = normalised_offsets(patch_size)
-    mats = group.matrices()
-    if encoding == "gevit":
-        mats = mats.transpose(1, 2)  # orthogonal: inverse = transpose
+    mats = get_encoding(encoding).offset_matrices(group)
     # Zero out float dust (cos(pi/2) = 6e-17) so that exactly symmetric grids stay exactly symmetric.
     acted = torch.einsum("vij,pj->vpi", mats, offsets)
     return torch.where(acted.abs() < 1e-12, torch.zeros_like(acted), acted)
 
 
-def group_embedding_indices(group: Group, encoding: str) -> torch.Tensor:
-    """(|G|_v, |G|_g, |G|_m) indices into the group embedding (see the module docstring)."""
-    n = group.order
-    table, inv = group.cayley_table, group.inverses
-    idx = torch.empty(n, n, n, dtype=torch.long)
-    for v in range(n):
-        for g in range(n):
-            for m in range(n):
-                if encoding == "gevit":
-                    a = table[inv[v], g]
-                    b = table[inv[v], m]
-                    idx[v, g, m] = table[table[a, inv[b]], a]
-                else:
-                    idx[v, g, m] = table[table[v, m], inv[g]]
-    return idx
+def group_embedding_indices(group: Group, encoding: str | PositionalEncoding) -> torch.Tensor:
+    """(|G|_v, |G|_g, |G|_m) indices into the group embedding: the encoding's ``embedding_element``."""
+    return get_encoding(encoding).embedding_indices(group)
 
 
 def outside_mask(height: int, width: int, patch_size: int, device, dtype) -> torch.Tensor:
@@ -210,24 +197,22 @@ class _GroupAttentionBase(nn.Module):
         patch_size: Optional[int],
         image_size: int,
         attention_dropout: float,
-        encoding: str,
+        encoding: str | PositionalEncoding,
         pos_channels: int,
     ):
         super().__init__()
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.encoding = get_encoding(encoding)
         self.group = get_group(group)
         self.in_channels, self.mid_channels, self.out_channels = in_channels, mid_channels, out_channels
         self.num_heads = num_heads
         self.is_global = patch_size is None
         self.patch_size = 2 * image_size - 1 if self.is_global else patch_size
-        self.encoding = encoding
         self.attention_dropout = attention_dropout
         self.pos_channels = pos_channels
         self.row_embedding = PositionMLP(pos_channels)
         self.col_embedding = PositionMLP(pos_channels)
         self.register_buffer(
-            "acted_offsets", acted_offsets(self.group, self.patch_size, encoding).float(), persistent=False
+            "acted_offsets", acted_offsets(self.group, self.patch_size, self.encoding).float(), persistent=False
         )
         self.wout = nn.Linear(mid_channels * num_heads, out_channels)
         self._mask_cache: dict = {}
@@ -516,7 +501,7 @@ class GroupSelfAttention(_GroupAttentionBase):
         self.query = nn.Linear(in_channels, mid_channels * num_heads)
         self.key = nn.Linear(in_channels, mid_channels * num_heads)
         self.value = nn.Linear(in_channels, mid_channels * num_heads)
-        idx = group_embedding_indices(self.group, encoding)
+        idx = group_embedding_indices(self.group, self.encoding)
         self.register_buffer("group_indices", idx, persistent=False)
         self.register_buffer(
             "query_element", torch.arange(self.group.order).view(1, -1, 1).expand_as(idx).clone(), persistent=False

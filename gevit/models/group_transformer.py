@@ -32,7 +32,8 @@ from gevit.checkpoint_io import read_checkpoint
 from gevit.groups import get_group
 from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
 from gevit.layers.common import per_item
-from gevit.layers.group_attention import ENCODINGS, LiftingSelfAttention, PositionMLP
+from gevit.layers.encodings import get_encoding
+from gevit.layers.group_attention import LiftingSelfAttention, PositionMLP
 from gevit.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ class GroupTransformer(nn.Module):
         position_bias_init: str = "zero",
     ):
         super().__init__()
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        exactly_equivariant = get_encoding(encoding).exactly_equivariant  # an unknown encoding stops here
         if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
             raise ValueError(
                 f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
@@ -102,7 +102,7 @@ class GroupTransformer(nn.Module):
         self.group = get_group(group)
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
-        self.exactly_invariant = encoding == "gevit"
+        self.exactly_invariant = exactly_equivariant
         num_layers = sum(block_sizes)
         crops = per_item(crop_per_layer, num_layers, "crop_per_layer")
         expansions = [max(1, e) for e in per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]

@@ -8,21 +8,17 @@ import math
 import torch
 
 from gevit.groups import Group
+from gevit.layers.encodings import PositionalEncoding
 
 
-def _position(group: Group, v: int, offset: torch.Tensor, encoding: str) -> torch.Tensor:
+def _position(group: Group, v: int, offset: torch.Tensor, encoding: PositionalEncoding) -> torch.Tensor:
     """The normalised (row, col) offset as seen by output element v."""
-    matrix = group.matrix(v, offset.dtype)
-    acted = (matrix.T if encoding == "gevit" else matrix) @ offset
+    acted = encoding.offset_matrix(group, v, offset.dtype) @ offset
     return torch.where(acted.abs() < 1e-12, torch.zeros_like(acted), acted)
 
 
-def _embedding_index(group: Group, v: int, g: int, m: int, encoding: str) -> int:
-    if encoding == "gevit":
-        a = group.compose(group.inverse(v), g)
-        b = group.compose(group.inverse(v), m)
-        return group.compose(group.compose(a, group.inverse(b)), a)
-    return group.compose(group.compose(v, m), group.inverse(g))
+def _embedding_index(group: Group, v: int, g: int, m: int, encoding: PositionalEncoding) -> int:
+    return encoding.embedding_element(group, v, g, m)
 
 
 def _heads(linear, x_vec, mid, heads):
