@@ -1,6 +1,6 @@
 """Checkpoints written by earlier versions of this project: their stored model config in today's form.
 
-Until the one-build-idiom change of 2026-12-01 three model configs were written differently; the weights'
+Before the one-build idiom (every model a ``lightning_modules`` classifier around a ``net``) three model configs were written differently; the weights'
 names did not change (``net.*``), so translating the stored config is all an old checkpoint needs to be
 rebuilt (:func:`runkit.load_run`), evaluated (``train.py train=false ckpt_path=...``) or wrapped post hoc
 (``model/backbone=checkpoint``):

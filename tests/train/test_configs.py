@@ -46,7 +46,7 @@ def test_config_groups_exist():
 @pytest.mark.parametrize("name", options("data"))
 def test_every_data_option_trains(name, data_fixtures, tmp_path):
     """A fast_dev_run of a tiny ViT (one patch: any image size) on each data set's own fixture."""
-    target = OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")._target_
+    target = compose_config([f"data={name}"], tmp_path / "probe").data._target_  # a yaml may compose another
     cfg = compose_config(
         [f"data={name}", "model=vit", "debug=fdr", "model.net.patch_size=${data.image_size}"]
         + TINY_VIT
