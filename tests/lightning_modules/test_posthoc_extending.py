@@ -25,7 +25,8 @@ COPIED = (
 CHECK = """
 import sys
 from lightning_modules.posthoc import aggregator_catalog
-from tests.lightning_modules.test_posthoc import AGGREGATORS, test_docs_methods_table_matches_the_folder
+from tests.support.posthoc import AGGREGATORS
+from tests.train.test_posthoc_runs import test_docs_methods_table_matches_the_folder
 import train as train_script
 from tests.support.compose import compose_config
 

@@ -23,7 +23,7 @@ from gevit.posthoc import (
     adapt,
 )
 from gevit.rotations import rotate
-from tests.lightning_modules.test_posthoc import PooledCNN
+from tests.support.posthoc import PooledCNN
 
 CANONICALIZERS = {
     "discrete": LearnedCanonicalization,
