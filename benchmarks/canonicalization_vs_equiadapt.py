@@ -60,7 +60,8 @@ sys.path.insert(0, str(REPO))
 from datamodules import RotMNISTMiniDataModule  # noqa: E402
 from gevit.rotations import rotate  # noqa: E402
 from lightning_modules import PostHocClassifier  # noqa: E402
-from lightning_modules.posthoc import aggregator_config, checkpoint_backbone  # noqa: E402
+from runkit.checkpoint_loading import checkpoint_backbone  # noqa: E402
+from runkit.posthoc_methods import aggregator_config  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
 HOW_TO_GET_EQUIADAPT = (

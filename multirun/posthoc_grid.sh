@@ -13,8 +13,8 @@
 # `smoke` (first argument): train a tiny stage-1 backbone for one epoch on the embedded digits, then run
 # the same grid on it in miniature (CPU, minutes). Further arguments go to every Hydra call.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
-FIXED="${POSTHOC_FIXED:-$("$PY" -m lightning_modules.posthoc aggregators --fixed)}"
-LEARNED="${POSTHOC_LEARNED:-$("$PY" -m lightning_modules.posthoc aggregators --learned)}"
+FIXED="${POSTHOC_FIXED:-$("$PY" -m runkit.posthoc_methods aggregators --fixed)}"
+LEARNED="${POSTHOC_LEARNED:-$("$PY" -m runkit.posthoc_methods aggregators --learned)}"
 STAGE2="experiment=$EXPERIMENT"
 TASK="$EXPERIMENT"
 GRID_SEEDS="${SEEDS:-0,1,2}"

@@ -70,7 +70,7 @@ def _yaml(group: str, name: str) -> dict:
     from omegaconf import OmegaConf
 
     if group == "aggregator":
-        from lightning_modules.posthoc import aggregator_config
+        from runkit.posthoc_methods import aggregator_config
 
         node = aggregator_config(name, CONF_DIR / "model" / "aggregator")
     else:

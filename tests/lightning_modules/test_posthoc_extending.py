@@ -24,7 +24,7 @@ COPIED = (
 )  # resolved through __file__: copied
 CHECK = """
 import sys
-from lightning_modules.posthoc import aggregator_catalog
+from runkit.posthoc_methods import aggregator_catalog
 from tests.support.posthoc import AGGREGATORS
 from tests.train.test_posthoc_runs import test_docs_methods_table_matches_the_folder
 import train as train_script
@@ -61,7 +61,7 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path):
 
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(copy)}
     listed = subprocess.run(
-        [sys.executable, "-m", "lightning_modules.posthoc", "aggregators", "--fixed"],
+        [sys.executable, "-m", "runkit.posthoc_methods", "aggregators", "--fixed"],
         cwd=copy,
         env=env,
         capture_output=True,

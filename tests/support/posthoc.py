@@ -15,7 +15,7 @@ import torch.nn as nn
 from gevit.groups import get_group
 from gevit.posthoc import vit_backbone
 from lightning_modules import PostHocClassifier
-from lightning_modules.posthoc import aggregator_catalog, aggregator_config
+from runkit.posthoc_methods import aggregator_catalog, aggregator_config
 from tests.support.compose import CONF_DIR, TINY_VIT
 
 REPO = Path(__file__).resolve().parents[2]

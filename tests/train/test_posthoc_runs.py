@@ -193,12 +193,12 @@ def test_every_aggregator_option_composes_for_every_group(name, tmp_path):
 
 # ---- the folder is the list -------------------------------------------------------------------------------
 def test_docs_methods_table_matches_the_folder():
-    """docs/posthoc.md's methods table is `python -m lightning_modules.posthoc methods-table`: every row
+    """docs/posthoc.md's methods table is `python -m runkit.posthoc_methods methods-table`: every row
     it has is the generated row of an existing method (stale or removed methods fail); a method of the
     folder without a row only warns, so that adding a method stays one module + one yaml."""
     import warnings
 
-    from lightning_modules.posthoc import methods_table_rows
+    from runkit.posthoc_methods import methods_table_rows
 
     text = (REPO / "docs" / "posthoc.md").read_text()
     table = text.split("<!-- methods-table:start")[1].split("<!-- methods-table:end -->")[0]
@@ -207,21 +207,21 @@ def test_docs_methods_table_matches_the_folder():
     assert set(documented) <= set(generated), f"docs rows without a yaml: {set(documented) - set(generated)}"
     for name, row in documented.items():
         assert row == generated[name], (
-            f"the docs row of {name} is stale: regenerate it with python -m lightning_modules.posthoc methods-table"
+            f"the docs row of {name} is stale: regenerate it with python -m runkit.posthoc_methods methods-table"
         )
     if set(generated) - set(documented):
         warnings.warn(
             f"docs/posthoc.md has no row for {sorted(set(generated) - set(documented))}; "
-            "python -m lightning_modules.posthoc methods-table prints it"
+            "python -m runkit.posthoc_methods methods-table prints it"
         )
 
 
 def test_the_sweeps_read_the_folder(capsys):
-    from lightning_modules.posthoc import _main
+    from runkit.posthoc_methods import _main
 
     _main(["aggregators", "--learned"])
     assert capsys.readouterr().out.strip().split(",") == sorted(LEARNED)
     _main(["aggregators", "--fixed"])
     assert capsys.readouterr().out.strip().split(",") == sorted(set(AGGREGATORS) - LEARNED)
     grid = (REPO / "multirun" / "posthoc_grid.sh").read_text()
-    assert "lightning_modules.posthoc aggregators --fixed" in grid and "aggregators --learned" in grid
+    assert "runkit.posthoc_methods aggregators --fixed" in grid and "aggregators --learned" in grid
