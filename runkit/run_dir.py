@@ -94,7 +94,8 @@ def settings(cfg: dict) -> dict:
     trainer = cfg.get("trainer") or {}
     return {
         "run": build_run_config(cfg.get("model") or {}, cfg.get("data") or {}, trainer, cfg.get("seed"), {}),
-        "options": {key: cfg.get(key) for key in RUN_OPTIONS},
+        # a training run's ckpt_path only says where to resume from (run_config checks that it is this run's)
+        "options": {key: cfg.get(key) for key in RUN_OPTIONS if not (key == "ckpt_path" and cfg.get("train"))},
         "length": {"max_epochs": trainer.get("max_epochs"), "max_steps": trainer.get("max_steps", -1)},
     }
 

@@ -36,7 +36,7 @@ from tests.support.posthoc import (
 # ---- invariance ---------------------------------------------------------------------------------------
 def test_the_random_backbone_is_not_invariant(images):
     backbone = make().net.backbone.eval()
-    assert worst_invariance_error(backbone, "d4") > 1e-2
+    assert worst_invariance_error(backbone, images, "d4") > 1e-2
 
 
 @pytest.mark.parametrize("group", EXACT_GROUPS)
@@ -46,7 +46,7 @@ def test_logits_are_invariant_for_exact_groups_in_every_regime(name, group, imag
         model = make(name, group, regime)
         for mode in (True, False):  # the training-mode forward of this regime, and eval
             model.train(mode)
-            error = worst_invariance_error(model, group)
+            error = worst_invariance_error(model, images, group)
             assert error < 1e-5, (name, group, regime, mode, error)
 
 
@@ -147,7 +147,7 @@ def test_dropout_makes_training_forwards_invariant_in_distribution_only(images):
     model.train()
     with torch.no_grad():
         assert not torch.equal(model(images), model(images))
-    assert worst_invariance_error(model.eval(), "c4") < 1e-5
+    assert worst_invariance_error(model.eval(), images, "c4") < 1e-5
 
 
 # ---- one batched backbone call ------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_circular_mask_keeps_only_the_inscribed_disk(images):
     assert views[..., mask == 0].abs().max() == 0
     model = make("mean", "c4")
     model.net.views.padding = "circular_mask"
-    assert worst_invariance_error(model.eval(), "c4") < 1e-5
+    assert worst_invariance_error(model.eval(), images, "c4") < 1e-5
     with pytest.raises(ValueError, match="padding must be one of"):
         GroupViews("c4", padding="reflection")
 
