@@ -46,15 +46,16 @@ Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.cr
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gevit.groups import Group, get_group
+from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
 from gevit.layers.common import ChannelLayerNorm, per_item
-from gevit.models.group_transformer import GroupTransformer
+from gevit.models.group_transformer import GROUP_POOLINGS, SPATIAL_POOLINGS, GroupTransformer
 from gevit.registry import register_model
 
 STEMS = ("escnn", "patch_embed")
@@ -99,12 +100,16 @@ def build_escnn_stem(
     kernel_sizes: Union[int, Sequence[int]],
     downsample: str,
     pool_sigma: float,
+    depths: Union[int, Sequence[int]] = 1,
+    group_pooling: bool = True,
 ):
     """The escnn stem as a :class:`~gevit.escnn_utils.GeometricWrapper` and its output side.
 
-    Each entry of ``channels`` is one stage with that many regular fields; the stem ends with
-    ``GroupPooling`` (so it outputs ``channels[-1]`` invariant scalar fields). Raises ``ValueError`` where
-    a downsampling step would not commute with the rotations (see the module docstring).
+    Each entry of ``channels`` is one stage of ``depths`` (int or one per stage) ``R2Conv -> InnerBatchNorm
+    -> ReLU`` layers with that many regular fields, then a downsampling by 2. With ``group_pooling`` the
+    stem ends with ``GroupPooling`` (``channels[-1]`` invariant scalar fields), else it outputs the
+    ``channels[-1]`` regular fields themselves (``channels[-1] * |G|`` channels, field-major). Raises
+    ``ValueError`` where a downsampling step would not commute with the rotations (see the module docstring).
     """
     from escnn import nn as enn
 
@@ -113,18 +118,21 @@ def build_escnn_stem(
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
     kernel_sizes = per_item(kernel_sizes, len(channels), "stem_kernel_size")
+    depths = per_item(depths, len(channels), "stem_depth")
     gspace = get_group(group).gspace()
     in_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
     current, size, layers = in_type, image_size, []
-    for fields, kernel in zip(channels, kernel_sizes):
+    for fields, kernel, depth in zip(channels, kernel_sizes, depths):
         if kernel % 2 == 0:
             raise ValueError(f"stem kernels must be odd (a centred window), got {kernel}")
         hidden = enn.FieldType(gspace, fields * [gspace.regular_repr])
-        layers += [
-            enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
-            enn.InnerBatchNorm(hidden),
-            enn.ReLU(hidden, inplace=True),
-        ]
+        for _ in range(depth):
+            layers += [
+                enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
+                enn.InnerBatchNorm(hidden),
+                enn.ReLU(hidden, inplace=True),
+            ]
+            current = hidden
         if downsample == "antialiased":
             if size % 2 == 0:  # even -> odd with a centred 2x2 mean (stride 1)
                 layers.append(enn.PointwiseAvgPool2D(hidden, kernel_size=2, stride=1))
@@ -141,8 +149,8 @@ def build_escnn_stem(
             cls = enn.PointwiseAvgPool2D if downsample == "avg" else enn.PointwiseMaxPool2D
             layers.append(cls(hidden, kernel_size=2, stride=2))
             size //= 2
-        current = hidden
-    layers.append(enn.GroupPooling(current))
+    if group_pooling:
+        layers.append(enn.GroupPooling(current))
     stem = GeometricWrapper(enn.SequentialModule(*layers))
     if stem.output_size(image_size) != size:  # the geometry above is what escnn computes
         raise RuntimeError(f"stem output {stem.output_size(image_size)} != expected {size}")
@@ -152,7 +160,111 @@ def build_escnn_stem(
 # Where the GE-ViT part differs from GroupTransformer's defaults (the official rotMNIST layout): one block
 # of four 5x5-attention layers without crops, so the odd 7x7 artificial image is never max-pooled, and
 # mean pooling over space.
-VIT_DEFAULTS = dict(attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+VIT_DEFAULTS = dict(num_channels=20, attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+HANDOVERS = ("scalar", "regular")
+# GroupTransformer keywords of its layout around the group layers, at the values that mean "none of it"
+NEUTRAL_LAYOUT = dict(
+    crop_per_layer=0,
+    expansion_per_block=1,
+    input_dropout=0.0,
+    maxpool_after_last_block=False,
+    dropout_after_maxpool=0.0,
+)
+
+
+class GroupLayers(nn.Module):
+    """GE-ViT without its lifting layer: group self-attention layers, a 1x1 class map and the invariant
+    pooling on a function on (group x space): ``(B, C_in, |G|, s, s) -> (B, num_classes)``.
+
+    The hybrid's GE-ViT part when the stem hands over regular fields (``handover="regular"``): a regular
+    field of escnn's gspace (:meth:`gevit.groups.Group.gspace`) *is* a function on the group at every
+    pixel, ordered as :mod:`gevit.groups` orders the elements, and both act on it by
+    :meth:`~gevit.groups.Group.act_on_feature_map`, so the stem's output is already the input of GE-ViT's
+    group layers. One block of ``block_sizes[0]`` layers on the whole map (no crops, no max-pool: an odd
+    map stays exactly invariant). Keywords are :class:`~gevit.models.group_transformer.GroupTransformer`'s;
+    those of its layout (:data:`NEUTRAL_LAYOUT`) are accepted only at their neutral values.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        num_channels: int = 20,
+        num_heads: int = 9,
+        block_sizes: Sequence[int] = (4,),
+        attention_window: Union[int, str, None] = 5,
+        encoding: str = "gevit",
+        norm: str = "layer",
+        activation: str = "swish",
+        attention_dropout: float = 0.1,
+        value_dropout: float = 0.1,
+        normalize_between_layers: bool = False,
+        spatial_pooling: str = "mean",
+        group_pooling: str = "max",
+        whitening_scale: float = 1.41421356,
+        zero_init_head: bool = False,
+        position_bias_init: str = "zero",
+        **layout,
+    ):
+        super().__init__()
+        for key, value in layout.items():
+            if key not in NEUTRAL_LAYOUT:
+                raise TypeError(f"GroupLayers got an unexpected keyword {key!r}")
+            if any(v != NEUTRAL_LAYOUT[key] for v in (value if isinstance(value, (list, tuple)) else [value])):
+                raise ValueError(
+                    f"{key}={value!r}: GE-ViT's group layers on regular fields are one block on the whole map "
+                    f"(no lifting, crops, expansions or max-pool; {key} must be {NEUTRAL_LAYOUT[key]!r})"
+                )
+        if len(block_sizes) != 1:
+            raise ValueError(f"block_sizes={list(block_sizes)}: the group layers on regular fields are one block")
+        if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
+            raise ValueError(
+                f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
+                f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}"
+            )
+        window = None if attention_window in (None, 0, "global") else attention_window  # GroupTransformer's
+        self.group, self.image_size = get_group(group), image_size
+        self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
+        self.exactly_invariant = encoding == "gevit"
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(block_sizes[0]):
+            layers.append(
+                GroupTransformerBlock(
+                    self.group,
+                    channels,
+                    num_channels,
+                    num_heads,
+                    window,
+                    image_size,
+                    0,
+                    norm,
+                    activation,
+                    attention_dropout,
+                    value_dropout,
+                    encoding,
+                )
+            )
+            if normalize_between_layers:
+                layers += [make_norm(norm, num_channels), make_activation(activation)]
+            channels = num_channels
+        self.transformer = nn.ModuleList(layers)
+        self.head = ChannelLinear(channels, num_classes, bias=False)
+        self.num_features = channels
+        GroupTransformer._initialise(self, whitening_scale, zero_init_head, position_bias_init)
+
+    pool = GroupTransformer.pool  # (B, K, |G|, h, w) class maps -> (B, K) logits, as GE-ViT pools
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[2] != len(self.group):
+            raise ValueError(
+                f"expected (B, C, {len(self.group)}, h, w) functions on {self.group.name}, got {tuple(x.shape)}"
+            )
+        for layer in self.transformer:
+            x = layer(x)
+        return self.pool(self.head(x))
 
 
 class HybridViT(nn.Module):
@@ -160,11 +272,20 @@ class HybridViT(nn.Module):
 
     Args:
         group: a :mod:`gevit.groups` name (p4, p8, p4m, ...), used by the stem and by GE-ViT.
-        stem: ``escnn`` (steerable CNN + group pooling) or ``patch_embed`` (orbit-averaged patch Linear).
+        stem: ``escnn`` (steerable CNN) or ``patch_embed`` (orbit-averaged patch Linear).
         stem_channels: regular fields per escnn stage (each stage halves the map).
         stem_kernel_size: odd R2Conv kernel (int or one per stage).
+        stem_depth: R2Conv layers per escnn stage (int or one per stage).
         downsample: ``avg`` / ``max`` (2x2, stride 2, even maps) or ``antialiased`` (escnn's Gaussian).
+        handover: what the escnn stem hands to GE-ViT: ``scalar`` (group pooling to invariant fields, which
+            GE-ViT lifts with its lifting layer) or ``regular`` (the regular fields themselves, a function
+            on group x space that GE-ViT's group layers take as they are: :class:`GroupLayers`, no lifting).
+            An escnn option, as ``embed_*`` are patch_embed's: the patch embedding always hands over scalars.
         embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
+        width_group: the group ``stem_channels`` and GE-ViT's ``num_channels`` are counted for (e.g. ``p4``):
+            ``group`` then gets ``|width_group| / |group|`` times as many fields and channels per element
+            (rounded; ``num_channels`` to a multiple of 4), i.e. as many channels per pixel, so that p4m and
+            p8 cost about what p4 costs instead of 2-4x more. ``None``: the widths are ``group``'s own.
         vit_options: keywords of :class:`~gevit.models.group_transformer.GroupTransformer` for the
             GE-ViT part (defaults :data:`VIT_DEFAULTS` on top of GroupTransformer's own), e.g.
             ``attention_window``: its neighbourhood on the artificial image (odd int, or ``None`` /
@@ -180,20 +301,40 @@ class HybridViT(nn.Module):
         stem: str = "escnn",
         stem_channels: Sequence[int] = (8, 16),
         stem_kernel_size: Union[int, Sequence[int]] = (5, 3),
+        stem_depth: Union[int, Sequence[int]] = 1,
         downsample: str = "avg",
         pool_sigma: float = 0.66,
+        handover: str = "scalar",
         embed_patch_size: int = 4,
         embed_dim: int = 16,
+        width_group: Optional[str] = None,
         **vit_options,
     ):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        self.group_name, self.stem_kind = group, stem
+        if handover not in HANDOVERS:
+            raise ValueError(f"handover must be one of {HANDOVERS}, got {handover!r}")
+        handover = handover if stem == "escnn" else "scalar"  # the patch embedding's features are scalars
+        self.group_name, self.stem_kind, self.handover = group, stem, handover
+        vit_options = {**VIT_DEFAULTS, **vit_options}
+        if width_group is not None:  # as many channels per pixel as the widths give width_group
+            factor = len(get_group(width_group)) / len(get_group(group))
+            stem_channels = [max(1, round(c * factor)) for c in stem_channels]
+            vit_options["num_channels"] = 4 * max(1, round(vit_options["num_channels"] * factor / 4))
+        self.stem_channels, self.num_channels = list(stem_channels), vit_options["num_channels"]
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         if stem == "escnn":
             self.stem, size = build_escnn_stem(
-                group, in_channels, image_size, list(stem_channels), stem_kernel_size, downsample, pool_sigma
+                group,
+                in_channels,
+                image_size,
+                list(stem_channels),
+                stem_kernel_size,
+                downsample,
+                pool_sigma,
+                stem_depth,
+                group_pooling=handover == "scalar",
             )
             features = int(stem_channels[-1])
             self.stem_norm = nn.Identity()
@@ -208,20 +349,25 @@ class HybridViT(nn.Module):
             # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
             self.stem_norm = ChannelLayerNorm(embed_dim)
         self.artificial_size, self.artificial_channels = size, features
-        self.vit = GroupTransformer(
+        vit = GroupLayers if handover == "regular" else GroupTransformer
+        self.vit = vit(
             group=group,
             in_channels=features,
             num_classes=num_classes,
             image_size=size,
-            **{**VIT_DEFAULTS, **vit_options},
+            **vit_options,
         )
         self.exactly_invariant = self.vit.exactly_invariant
 
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, D, s, s): invariant values on a grid that rotates with the input."""
+        """(B, C, S, S) -> (B, D, s, s) invariant values (``handover="scalar"``) or (B, D, |G|, s, s) regular
+        fields (``"regular"``), on a grid that rotates with the input."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        return self.stem_norm(self.stem(x))
+        out = self.stem_norm(self.stem(x))
+        if self.handover == "regular":  # escnn's channels are field-major: (D * |G|) -> (D, |G|)
+            out = out.view(out.shape[0], self.artificial_channels, -1, *out.shape[-2:])
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(self.artificial_image(x))
@@ -231,11 +377,10 @@ def attention_pairs(model: nn.Module) -> int:
     """Query-key pairs per image and head that the GE-ViT part of ``model`` (a HybridViT or a GroupTransformer)
     scores in one forward pass: the lifting layer has |G| x h x w queries with the in-map positions of their
     k x k (or global) neighbourhood as keys, a group layer |G| x h x w queries with |G| x those keys."""
-    from gevit.layers.blocks import GroupTransformerBlock
-
     vit = model.vit if isinstance(model, HybridViT) else model
     g, size = len(vit.group), vit.image_size
-    total = _pairs(size, vit.lifting.patch_size) * g
+    lifting = getattr(vit, "lifting", None)  # GroupLayers has none
+    total = _pairs(size, lifting.patch_size) * g if lifting is not None else 0
     for layer in vit.transformer:
         if isinstance(layer, GroupTransformerBlock):
             total += _pairs(size, layer.attention.patch_size) * g * g

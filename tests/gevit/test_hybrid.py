@@ -31,6 +31,15 @@ CASES = {  # name -> (group, image_size, channels, kwargs)
         dict(stem="escnn", stem_channels=[4, 8, 8, 8], stem_kernel_size=3, downsample="max", block_sizes=[1]),
     ),  # 6x6
     "pcam-patch-p4m": ("p4m", 96, 3, dict(stem="patch_embed", embed_patch_size=8, block_sizes=[1, 1])),
+    # the stem's regular fields handed to GE-ViT's group layers as they are (no group pooling, no lifting)
+    "rotmnist-regular": ("p4", 28, 1, dict(handover="regular", stem_channels=[4, 8], stem_depth=[1, 2])),
+    "rotmnist-regular-p4m": ("p4m", 28, 1, dict(handover="regular", stem_channels=[2, 4], stem_depth=[2, 1])),
+    "pcam-regular-p4m": (
+        "p4m",
+        96,
+        3,
+        dict(handover="regular", stem_channels=[2, 4, 4], stem_kernel_size=3, downsample="max", block_sizes=[1]),
+    ),  # 12x12
 }
 
 
@@ -86,6 +95,11 @@ def test_geometry_that_would_break_invariance_is_refused():
         HybridViT(stem="patch_embed", embed_patch_size=5, **SMALL)
     with pytest.raises(ValueError, match="even maps"):
         HybridViT(stem_channels=[2, 2, 2], stem_kernel_size=3, **SMALL)  # 28 -> 14 -> 7 -> (odd) refused
+    with pytest.raises(ValueError, match="crop_per_layer"):
+        HybridViT(handover="regular", **{**SMALL, "crop_per_layer": 1})  # group layers on the whole map only
+    with pytest.raises(ValueError, match="one block"):
+        HybridViT(handover="regular", **{**SMALL, "block_sizes": [1, 1]})  # a max-pool of the odd 7x7 map
+    assert HybridViT(stem="patch_embed", handover="regular", **SMALL).handover == "scalar"  # an escnn option
 
 
 def test_default_models_and_parameter_counts():
@@ -100,11 +114,18 @@ def test_default_models_and_parameter_counts():
     assert rotmnist(torch.rand(1, 1, 28, 28)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("stem", ["escnn", "patch_embed"])
-def test_checkpoint_round_trip_across_modes(stem):
+@pytest.mark.parametrize("stem, handover", [("escnn", "scalar"), ("patch_embed", "scalar"), ("escnn", "regular")])
+def test_checkpoint_round_trip_across_modes(stem, handover):
     def classifier() -> ImageClassifier:
         net = HybridViT(
-            num_classes=10, in_channels=1, image_size=28, stem=stem, stem_channels=[2, 4], stem_kernel_size=3, **SMALL
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            stem=stem,
+            stem_channels=[2, 4],
+            stem_kernel_size=3,
+            handover=handover,
+            **SMALL,
         )
         return ImageClassifier(
             net=net, num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307], input_std=[0.3081]
