@@ -66,7 +66,7 @@ def parts_of(net: nn.Module) -> dict[str, list[nn.Module]]:
     parts: dict[str, list[nn.Module]] = {}
     if vit is not net:
         parts["stem"] = [ArtificialImage(net)]
-    if getattr(vit, "lifting", None) is not None:
+    if vit.lifting is not None:
         parts["lifting attention"] = [vit.lifting]
     parts["group attention"] = [
         layer.attention for layer in vit.transformer if isinstance(layer, GroupTransformerBlock)

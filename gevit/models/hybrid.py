@@ -1,17 +1,25 @@
 """Hybrid ViT: an invariant stem that shrinks the image to a small "artificial image", then GE-ViT on it.
 
 GE-ViT attends at pixel level over (group x space), so its cost grows with the number of pixels. The hybrid
-first maps the input (B, C, S, S) to a small map (B, D, s, s) (28x28 -> 7x7, 96x96 -> 12x12 or 6x6) whose
-*values* are invariant and whose *grid* rotates with the input, and runs the GE-ViT
+first maps the input (B, C, S, S) to a small "artificial image" on a grid that rotates with the input
+(28x28 -> 7x7, 96x96 -> 12x12 or 6x6) and runs the GE-ViT
 :class:`~gevit.models.group_transformer.GroupTransformer` of the same group on it. Two stems:
 
 ``stem="escnn"``
-    ``len(stem_channels)`` stages, each ``R2Conv`` (odd kernel k, padding k//2, stride 1; regular fields of
-    the group's escnn gspace, :meth:`gevit.groups.Group.gspace`: ``rot2dOnR2(n)`` for pN, ``flipRot2dOnR2(n)``
-    for pNm) -> ``InnerBatchNorm`` -> ``ReLU`` ->
-    downsampling by 2; then ``GroupPooling`` (max over each regular field) gives invariant scalar fields,
-    the input type GE-ViT's lifting layer expects (regular fields cannot be handed over as they are: the
-    lifting layer treats input channels as scalars, so a permuted fibre would break invariance).
+    ``len(stem_channels)`` stages, each ``stem_depth`` x (``R2Conv`` (odd kernel k, padding k//2, stride 1;
+    regular fields of the group's escnn gspace, :meth:`gevit.groups.Group.gspace`: ``rot2dOnR2(n)`` for pN,
+    ``flipRot2dOnR2(n)`` for pNm) -> ``InnerBatchNorm`` -> ``ReLU``) -> downsampling by 2. What it hands
+    to GE-ViT is ``handover``:
+
+    * ``"regular"``: the regular fields themselves, ``(B, D, |G|, s, s)``. A regular field is a function on
+      the group at every pixel, its channels ordered as :mod:`gevit.groups` orders the elements, and a
+      rotation ``u`` of the input acts on it as on GE-ViT's group features
+      (:meth:`~gevit.groups.Group.act_on_feature_map`: shift the group axis by ``u``, rotate the grid), so
+      they go straight to GE-ViT's group layers (``GroupTransformer(lifting=False)``): nothing is pooled
+      away and no lifting attention is paid for.
+    * ``"scalar"`` (the original design): ``GroupPooling`` (max over each field) gives invariant scalar
+      fields ``(B, D, s, s)``, which GE-ViT's lifting layer lifts to the group (a lifting layer treats its
+      input channels as scalars, so it cannot take regular fields).
 
 ``stem="patch_embed"`` (the lighter variant)
     non-overlapping P x P patches (``embed_patch_size``), each embedded by one shared Linear averaged over
@@ -53,9 +61,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gevit.groups import Group, get_group
-from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activation, make_norm
+from gevit.layers.blocks import GroupTransformerBlock
 from gevit.layers.common import ChannelLayerNorm, per_item
-from gevit.models.group_transformer import GROUP_POOLINGS, SPATIAL_POOLINGS, GroupTransformer
+from gevit.models.group_transformer import GroupTransformer
 from gevit.registry import register_model
 
 STEMS = ("escnn", "patch_embed")
@@ -162,109 +170,6 @@ def build_escnn_stem(
 # mean pooling over space.
 VIT_DEFAULTS = dict(num_channels=20, attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
 HANDOVERS = ("scalar", "regular")
-# GroupTransformer keywords of its layout around the group layers, at the values that mean "none of it"
-NEUTRAL_LAYOUT = dict(
-    crop_per_layer=0,
-    expansion_per_block=1,
-    input_dropout=0.0,
-    maxpool_after_last_block=False,
-    dropout_after_maxpool=0.0,
-)
-
-
-class GroupLayers(nn.Module):
-    """GE-ViT without its lifting layer: group self-attention layers, a 1x1 class map and the invariant
-    pooling on a function on (group x space): ``(B, C_in, |G|, s, s) -> (B, num_classes)``.
-
-    The hybrid's GE-ViT part when the stem hands over regular fields (``handover="regular"``): a regular
-    field of escnn's gspace (:meth:`gevit.groups.Group.gspace`) *is* a function on the group at every
-    pixel, ordered as :mod:`gevit.groups` orders the elements, and both act on it by
-    :meth:`~gevit.groups.Group.act_on_feature_map`, so the stem's output is already the input of GE-ViT's
-    group layers. One block of ``block_sizes[0]`` layers on the whole map (no crops, no max-pool: an odd
-    map stays exactly invariant). Keywords are :class:`~gevit.models.group_transformer.GroupTransformer`'s;
-    those of its layout (:data:`NEUTRAL_LAYOUT`) are accepted only at their neutral values.
-    """
-
-    def __init__(
-        self,
-        group: str,
-        in_channels: int,
-        num_classes: int,
-        image_size: int,
-        num_channels: int = 20,
-        num_heads: int = 9,
-        block_sizes: Sequence[int] = (4,),
-        attention_window: Union[int, str, None] = 5,
-        encoding: str = "gevit",
-        norm: str = "layer",
-        activation: str = "swish",
-        attention_dropout: float = 0.1,
-        value_dropout: float = 0.1,
-        normalize_between_layers: bool = False,
-        spatial_pooling: str = "mean",
-        group_pooling: str = "max",
-        whitening_scale: float = 1.41421356,
-        zero_init_head: bool = False,
-        position_bias_init: str = "zero",
-        **layout,
-    ):
-        super().__init__()
-        for key, value in layout.items():
-            if key not in NEUTRAL_LAYOUT:
-                raise TypeError(f"GroupLayers got an unexpected keyword {key!r}")
-            if any(v != NEUTRAL_LAYOUT[key] for v in (value if isinstance(value, (list, tuple)) else [value])):
-                raise ValueError(
-                    f"{key}={value!r}: GE-ViT's group layers on regular fields are one block on the whole map "
-                    f"(no lifting, crops, expansions or max-pool; {key} must be {NEUTRAL_LAYOUT[key]!r})"
-                )
-        if len(block_sizes) != 1:
-            raise ValueError(f"block_sizes={list(block_sizes)}: the group layers on regular fields are one block")
-        if spatial_pooling not in SPATIAL_POOLINGS or group_pooling not in GROUP_POOLINGS:
-            raise ValueError(
-                f"spatial_pooling must be one of {SPATIAL_POOLINGS} and group_pooling one of "
-                f"{GROUP_POOLINGS}, got {spatial_pooling!r} / {group_pooling!r}"
-            )
-        window = None if attention_window in (None, 0, "global") else attention_window  # GroupTransformer's
-        self.group, self.image_size = get_group(group), image_size
-        self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
-        self.exactly_invariant = encoding == "gevit"
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(block_sizes[0]):
-            layers.append(
-                GroupTransformerBlock(
-                    self.group,
-                    channels,
-                    num_channels,
-                    num_heads,
-                    window,
-                    image_size,
-                    0,
-                    norm,
-                    activation,
-                    attention_dropout,
-                    value_dropout,
-                    encoding,
-                )
-            )
-            if normalize_between_layers:
-                layers += [make_norm(norm, num_channels), make_activation(activation)]
-            channels = num_channels
-        self.transformer = nn.ModuleList(layers)
-        self.head = ChannelLinear(channels, num_classes, bias=False)
-        self.num_features = channels
-        GroupTransformer._initialise(self, whitening_scale, zero_init_head, position_bias_init)
-
-    pool = GroupTransformer.pool  # (B, K, |G|, h, w) class maps -> (B, K) logits, as GE-ViT pools
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or x.shape[2] != len(self.group):
-            raise ValueError(
-                f"expected (B, C, {len(self.group)}, h, w) functions on {self.group.name}, got {tuple(x.shape)}"
-            )
-        for layer in self.transformer:
-            x = layer(x)
-        return self.pool(self.head(x))
 
 
 class HybridViT(nn.Module):
@@ -279,7 +184,7 @@ class HybridViT(nn.Module):
         downsample: ``avg`` / ``max`` (2x2, stride 2, even maps) or ``antialiased`` (escnn's Gaussian).
         handover: what the escnn stem hands to GE-ViT: ``scalar`` (group pooling to invariant fields, which
             GE-ViT lifts with its lifting layer) or ``regular`` (the regular fields themselves, a function
-            on group x space that GE-ViT's group layers take as they are: :class:`GroupLayers`, no lifting).
+            on group x space that GE-ViT's group layers take as they are: ``GroupTransformer(lifting=False)``).
             An escnn option, as ``embed_*`` are patch_embed's: the patch embedding always hands over scalars.
         embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
         width_group: the group ``stem_channels`` and GE-ViT's ``num_channels`` are counted for (e.g. ``p4``):
@@ -349,12 +254,12 @@ class HybridViT(nn.Module):
             # per-position LayerNorm over channels: a pointwise map, so it keeps the invariance
             self.stem_norm = ChannelLayerNorm(embed_dim)
         self.artificial_size, self.artificial_channels = size, features
-        vit = GroupLayers if handover == "regular" else GroupTransformer
-        self.vit = vit(
+        self.vit = GroupTransformer(
             group=group,
             in_channels=features,
             num_classes=num_classes,
             image_size=size,
+            lifting=handover == "scalar",
             **vit_options,
         )
         self.exactly_invariant = self.vit.exactly_invariant
@@ -379,8 +284,7 @@ def attention_pairs(model: nn.Module) -> int:
     k x k (or global) neighbourhood as keys, a group layer |G| x h x w queries with |G| x those keys."""
     vit = model.vit if isinstance(model, HybridViT) else model
     g, size = len(vit.group), vit.image_size
-    lifting = getattr(vit, "lifting", None)  # GroupLayers has none
-    total = _pairs(size, lifting.patch_size) * g if lifting is not None else 0
+    total = _pairs(size, vit.lifting.patch_size) * g if vit.lifting is not None else 0
     for layer in vit.transformer:
         if isinstance(layer, GroupTransformerBlock):
             total += _pairs(size, layer.attention.patch_size) * g * g

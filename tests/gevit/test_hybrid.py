@@ -95,11 +95,30 @@ def test_geometry_that_would_break_invariance_is_refused():
         HybridViT(stem="patch_embed", embed_patch_size=5, **SMALL)
     with pytest.raises(ValueError, match="even maps"):
         HybridViT(stem_channels=[2, 2, 2], stem_kernel_size=3, **SMALL)  # 28 -> 14 -> 7 -> (odd) refused
-    with pytest.raises(ValueError, match="crop_per_layer"):
-        HybridViT(handover="regular", **{**SMALL, "crop_per_layer": 1})  # group layers on the whole map only
-    with pytest.raises(ValueError, match="one block"):
-        HybridViT(handover="regular", **{**SMALL, "block_sizes": [1, 1]})  # a max-pool of the odd 7x7 map
+    for handover in ("scalar", "regular"):  # a max-pool of the odd 7x7 map is flagged, as GE-ViT flags it
+        assert not HybridViT(handover=handover, **{**SMALL, "block_sizes": [1, 1]}).exactly_invariant
+    with pytest.raises(ValueError, match="handover"):
+        HybridViT(handover="pooled", **SMALL)
     assert HybridViT(stem="patch_embed", handover="regular", **SMALL).handover == "scalar"  # an escnn option
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_regular_handover_is_equivariant_and_feeds_the_group_layers(group):
+    """The stem's regular fields transform as GE-ViT's group features (Group.act_on_feature_map), which is
+    why they can skip the lifting layer; the GE-ViT part then has no lifting layer and takes (B, D, |G|, s, s)."""
+    torch.manual_seed(0)
+    model = HybridViT(group=group, handover="regular", stem_channels=[2, 3], **SMALL).eval()
+    g = model.vit.group
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        fields = model.artificial_image(x)
+        assert fields.shape == (2, 3, len(g), 7, 7)
+        for u in range(len(g)):
+            transformed = model.artificial_image(g.act_on_images(x, u))
+            torch.testing.assert_close(transformed, g.act_on_feature_map(fields, u), rtol=1e-4, atol=1e-5)
+    assert model.vit.lifting is None and model.vit.transformer[0].attention.in_channels == 3
+    with pytest.raises(ValueError, match=r"\(B, 3, %d, H, W\)" % len(g)):
+        model.vit(torch.rand(2, 3, 7, 7))
 
 
 def test_default_models_and_parameter_counts():
