@@ -1,8 +1,9 @@
 """Where the hybrid's training step goes, side by side with other models in one process.
 
-    python benchmarks/hybrid_profile.py --threads 1                 # old default vs the recipe vs GE-ViT (p4, p4m)
+    python benchmarks/hybrid_profile.py --threads 1                 # before vs the recipe (p4, p4m) vs GE-ViT mini
     python benchmarks/hybrid_profile.py --batch 64 --variant "w3=model=hybrid model.net.attention_window=3"
     python benchmarks/hybrid_profile.py --kernel-sizes 7,14,28      # fused attention cost per query position
+    python benchmarks/hybrid_profile.py --stem-layers "hybrid p4 recipe"   # that variant's stem, layer by layer
 
 Each ``--variant NAME=OVERRIDES`` (Hydra overrides of conf/train.yaml, space-separated) is built as train.py
 builds it (the LightningModule with its configured optimiser; no data is read) and timed on random images:
@@ -21,7 +22,8 @@ backward of that module on the input it received in a real step, with a random o
 
 ``--kernel-sizes`` times one GroupSelfAttention layer (the recipe's group, channels, heads and window) on
 s x s maps for each s: microseconds per query position for forward + backward, which shows what the fused
-kernel's vector tiles cost on small maps. Prints one JSON object; results are recorded in docs/hybrid.md.
+kernel's vector tiles cost on small maps. ``--stem-layers NAME`` times each escnn layer of that variant's
+stem alone (forward + backward). Prints one JSON object; results are recorded in docs/hybrid.md.
 """
 
 from __future__ import annotations
@@ -39,11 +41,21 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The hybrid as the leaderboard trained it before handover=regular (group-pooled scalars lifted by GE-ViT:
+# 20 channels, 9 heads, four 5x5-attention layers, LayerNorm, dropout; batch 128, 43,380 parameters at p4).
+BEFORE = (
+    "model=hybrid model.net.handover=scalar model.net.stem_depth=1 model.net.width_group=null "
+    "model.net.num_channels=20 model.net.num_heads=9 model.net.attention_window=5 model.net.block_sizes=[4] "
+    "model.net.norm=layer model.net.attention_dropout=0.1 model.net.value_dropout=0.1 "
+    "model.net.zero_init_head=false model.net.position_bias_init=zero"
+)
 DEFAULT_VARIANTS = [
-    "hybrid p4 before=model=hybrid model.net.handover=scalar",
+    f"hybrid p4 before={BEFORE}",
+    f"hybrid p4m before={BEFORE} model.net.group=p4m",
     "hybrid p4 recipe=experiment=hybrid_rotmnist_mini",
     "hybrid p4m recipe=experiment=hybrid_rotmnist_mini model.net.group=p4m",
     "gevit mini p4=experiment=gevit_rotmnist_mini",
+    "gevit mini p4 batch 64=experiment=gevit_rotmnist_mini data.batch_size=64",
 ]
 
 
@@ -192,6 +204,36 @@ def kernel_cost(sizes: list[int], group: str, channels: int, heads: int, window,
     return out
 
 
+def stem_layer_cost(overrides: list[str], batch: int, rounds: int) -> dict:
+    """Forward + backward of each escnn layer of a hybrid's stem alone (interleaved rounds): name -> ms."""
+    from escnn import nn as enn
+
+    torch.manual_seed(0)
+    module, _optimizer, cfg = build(overrides)
+    stem = module.net.stem.module.train()
+    size = batch or cfg.data.batch_size
+    x = module.normalize(torch.rand(size, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size))
+    inputs, current = [], enn.GeometricTensor(x, stem.in_type)
+    with torch.no_grad():
+        for name, layer in stem._modules.items():
+            inputs.append((f"{name} {type(layer).__name__} {tuple(current.shape)}", layer, current))
+            current = layer(current)
+
+    def fwd_bwd_escnn(layer, given):
+        # times 1: a non-leaf input, which escnn's in-place ReLU accepts
+        out = layer(enn.GeometricTensor(given.tensor.detach().requires_grad_() * 1, given.type)).tensor
+        out.backward(torch.randn_like(out))
+
+    times: dict[str, list[float]] = {label: [] for label, _, _ in inputs}
+    for r in range(rounds + 1):
+        for label, layer, given in inputs:
+            start = time.perf_counter()
+            fwd_bwd_escnn(layer, given)
+            if r:
+                times[label].append(time.perf_counter() - start)
+    return {"batch": size, "layers_ms": {label: median_ms(t) for label, t in times.items()}}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=0, help="0: each config's own data.batch_size")
@@ -200,6 +242,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variant", action="append", help="NAME=OVERRIDES (space-separated); repeatable")
     parser.add_argument("--kernel-sizes", default="", help="comma list of map sizes for the kernel cost (off: '')")
+    parser.add_argument("--stem-layers", default="", help="NAME of a --variant (a hybrid): time its stem per layer")
     parser.add_argument("--kernel-config", default="p4,16,2,3", help="group,channels,heads,window of that layer")
     args = parser.parse_args()
     if args.threads:
@@ -212,6 +255,8 @@ def main():
         variants[name] = overrides.split()
     if variants:
         report["variants"] = profile(variants, args.batch, args.rounds, args.warmup)
+    if args.stem_layers:
+        report["stem_layers"] = {args.stem_layers: stem_layer_cost(variants[args.stem_layers], args.batch, args.rounds)}
     if args.kernel_sizes:
         group, channels, heads, window = args.kernel_config.split(",")
         sizes = [int(s) for s in args.kernel_sizes.split(",")]
