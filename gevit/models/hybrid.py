@@ -49,7 +49,9 @@ square grid, which needs its sampling grid to map onto itself:
   block (``block_sizes=[k]``) so that it never pools.
 
 Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.create_model("hybrid", group="p4")``
-(defaults: RotMNIST, escnn stem, GE-ViT with 5x5 neighbourhoods on 7x7; ``attention_window=None`` for global).
+(defaults: the original design on RotMNIST: escnn stem, scalar handover, GE-ViT with four 5x5-attention layers
+on 7x7; ``attention_window=None`` for global). ``conf/model/hybrid.yaml`` holds the tuned architecture
+(regular handover, two 3x3 group layers), ``experiment=hybrid_rotmnist_mini`` its training (docs/hybrid.md).
 """
 
 from __future__ import annotations
