@@ -55,11 +55,11 @@ def aggregator_weighs_views(aggregator: nn.Module) -> bool:
 
 
 def _group_transformer_name(net: GroupTransformer) -> str:
-    return net.lifting.encoding.family
+    return net.attention_layers()[0].encoding.family
 
 
 def _reach(net: GroupTransformer) -> str:
-    window = attention_window(net.lifting)
+    window = attention_window(net.attention_layers()[0])
     return "global" if window is None else f"{window}x{window} local"
 
 

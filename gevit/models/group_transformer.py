@@ -1,6 +1,7 @@
 """GroupTransformer: the GE-ViT / GSA-Nets network (pixel-level group self-attention).
 
 input (B, C, H, W) -> dropout -> LiftingSelfAttention -> Norm -> Act
+  (or, with ``lifting=False``, input (B, C, |G|, H, W) functions on the group -> dropout)
   -> [GroupTransformerBlock (+ Norm -> Act if normalize_between_layers)] x block_sizes[i],
      MaxPool(space, 2) between blocks (and after the last if maxpool_after_last_block)
   -> 1x1 map to num_classes -> pool over space -> pool over the group -> logits (B, num_classes)
@@ -59,6 +60,10 @@ class GroupTransformer(nn.Module):
             positional MLP gets biases ~ U(-1, 1). With zero biases the centre offset (coordinate 0) maps to
             the zero vector, whose LayerNorm (eps 1e-12) has a gradient of order 1/sqrt(eps), so from-scratch
             training of small models diverges or stalls at chance.
+        lifting: ``False``: no lifting layer; the input is already a function on (group x space),
+            ``(B, in_channels, |G|, H, W)``, acted on by :meth:`~gevit.groups.Group.act_on_feature_map`
+            (e.g. escnn regular fields, the hybrid's ``handover="regular"``), and the first group layer
+            maps ``in_channels`` to ``num_channels``.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class GroupTransformer(nn.Module):
         whitening_scale: float = 1.41421356,
         zero_init_head: bool = False,
         position_bias_init: str = "zero",
+        lifting: bool = True,
     ):
         super().__init__()
         exactly_equivariant = get_encoding(encoding).exactly_equivariant  # an unknown encoding stops here
@@ -108,24 +114,27 @@ class GroupTransformer(nn.Module):
         expansions = [max(1, e) for e in per_item(expansion_per_block, len(block_sizes), "expansion_per_block")]
 
         self.input_dropout = nn.Dropout(input_dropout)
-        self.lifting = LiftingSelfAttention(
-            self.group,
-            in_channels,
-            num_channels // 2,
-            num_channels,
-            num_heads,
-            attention_window,
-            image_size,
-            attention_dropout,
-            encoding,
-        )
-        self.lifting_norm = make_norm(norm, num_channels)
-        self.lifting_act = make_activation(activation)
+        self.lifting = None
+        if lifting:
+            self.lifting = LiftingSelfAttention(
+                self.group,
+                in_channels,
+                num_channels // 2,
+                num_channels,
+                num_heads,
+                attention_window,
+                image_size,
+                attention_dropout,
+                encoding,
+            )
+            self.lifting_norm = make_norm(norm, num_channels)
+            self.lifting_act = make_activation(activation)
 
         layers: list[nn.Module] = []
-        size, channels, layer = image_size, num_channels, 0
+        size, layer = image_size, 0
+        channels, width = (num_channels if lifting else in_channels), num_channels  # a layer's input, output
         for block, (block_size, expansion) in enumerate(zip(block_sizes, expansions)):
-            out_channels = channels * expansion
+            out_channels = width * expansion
             for _ in range(block_size):
                 if size - 2 * crops[layer] < 1:
                     raise ValueError(f"crop_per_layer={crops} leaves no pixels of a {image_size}x{image_size} input")
@@ -148,7 +157,7 @@ class GroupTransformer(nn.Module):
                 if normalize_between_layers:
                     layers += [make_norm(norm, out_channels), make_activation(activation)]
                 size -= 2 * crops[layer]
-                channels = out_channels
+                channels = width = out_channels
                 layer += 1
             if block < len(block_sizes) - 1 or maxpool_after_last_block:
                 if size % 2:
@@ -191,21 +200,33 @@ class GroupTransformer(nn.Module):
                 if isinstance(module, PositionMLP):
                     nn.init.uniform_(module.inp.bias, -1.0, 1.0)
 
+    def attention_layers(self) -> list[nn.Module]:
+        """The attention layers in order: the lifting layer (if any), then every group layer's."""
+        lifting = [] if self.lifting is None else [self.lifting]
+        return lifting + [layer.attention for layer in self.transformer if isinstance(layer, GroupTransformerBlock)]
+
     def forward_features(self, x: torch.Tensor, return_intermediates: bool = False):
-        """(B, C, H, W) -> (B, num_features, |G|, h, w) before the head; with ``return_intermediates``
-        also ``{"features": [...], "attention": [...]}``: the lifting output and every layer's output
+        """(B, C, H, W) (``lifting=False``: (B, C, |G|, H, W)) -> (B, num_features, |G|, h, w) before the
+        head; with ``return_intermediates`` also ``{"features": [...], "attention": [...]}``: the lifting
+        output (if any) and every layer's output
         (each (B, C, |G|, h, w)) and every attention layer's probabilities."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        if self.lifting is not None and (x.ndim != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.lifting is None and (x.ndim != 5 or x.shape[1:3] != (self.in_channels, len(self.group))):
+            raise ValueError(
+                f"expected functions on {self.group.name} x space of shape "
+                f"(B, {self.in_channels}, {len(self.group)}, H, W), got {tuple(x.shape)}"
+            )
         features, attention = [], []
         out = self.input_dropout(x)
-        if return_intermediates:
-            out, probs = self.lifting(out, return_attention=True)
-            attention.append(probs)
-        else:
-            out = self.lifting(out)
-        out = self.lifting_act(self.lifting_norm(out))
-        features.append(out)
+        if self.lifting is not None:
+            if return_intermediates:
+                out, probs = self.lifting(out, return_attention=True)
+                attention.append(probs)
+            else:
+                out = self.lifting(out)
+            out = self.lifting_act(self.lifting_norm(out))
+            features.append(out)
         for layer in self.transformer:
             if return_intermediates and isinstance(layer, GroupTransformerBlock):
                 out, probs = layer(out, return_attention=True)

@@ -1,17 +1,25 @@
 """Hybrid ViT: an invariant stem that shrinks the image to a small "artificial image", then GE-ViT on it.
 
 GE-ViT attends at pixel level over (group x space), so its cost grows with the number of pixels. The hybrid
-first maps the input (B, C, S, S) to a small map (B, D, s, s) (28x28 -> 7x7, 96x96 -> 12x12 or 6x6) whose
-*values* are invariant and whose *grid* rotates with the input, and runs the GE-ViT
+first maps the input (B, C, S, S) to a small "artificial image" on a grid that rotates with the input
+(28x28 -> 7x7, 96x96 -> 12x12 or 6x6) and runs the GE-ViT
 :class:`~gevit.models.group_transformer.GroupTransformer` of the same group on it. Two stems:
 
 ``stem="escnn"``
-    ``len(stem_channels)`` stages, each ``R2Conv`` (odd kernel k, padding k//2, stride 1; regular fields of
-    the group's escnn gspace, :meth:`gevit.groups.Group.gspace`: ``rot2dOnR2(n)`` for pN, ``flipRot2dOnR2(n)``
-    for pNm) -> ``InnerBatchNorm`` -> ``ReLU`` ->
-    downsampling by 2; then ``GroupPooling`` (max over each regular field) gives invariant scalar fields,
-    the input type GE-ViT's lifting layer expects (regular fields cannot be handed over as they are: the
-    lifting layer treats input channels as scalars, so a permuted fibre would break invariance).
+    ``len(stem_channels)`` stages, each ``stem_depth`` x (``R2Conv`` (odd kernel k, padding k//2, stride 1;
+    regular fields of the group's escnn gspace, :meth:`gevit.groups.Group.gspace`: ``rot2dOnR2(n)`` for pN,
+    ``flipRot2dOnR2(n)`` for pNm) -> ``InnerBatchNorm`` -> ``ReLU``) -> downsampling by 2. What it hands
+    to GE-ViT is ``handover``:
+
+    * ``"regular"``: the regular fields themselves, ``(B, D, |G|, s, s)``. A regular field is a function on
+      the group at every pixel, its channels ordered as :mod:`gevit.groups` orders the elements, and a
+      rotation ``u`` of the input acts on it as on GE-ViT's group features
+      (:meth:`~gevit.groups.Group.act_on_feature_map`: shift the group axis by ``u``, rotate the grid), so
+      they go straight to GE-ViT's group layers (``GroupTransformer(lifting=False)``): nothing is pooled
+      away and no lifting attention is paid for.
+    * ``"scalar"`` (the original design): ``GroupPooling`` (max over each field) gives invariant scalar
+      fields ``(B, D, s, s)``, which GE-ViT's lifting layer lifts to the group (a lifting layer treats its
+      input channels as scalars, so it cannot take regular fields).
 
 ``stem="patch_embed"`` (the lighter variant)
     non-overlapping P x P patches (``embed_patch_size``), each embedded by one shared Linear averaged over
@@ -41,18 +49,21 @@ square grid, which needs its sampling grid to map onto itself:
   block (``block_sizes=[k]``) so that it never pools.
 
 Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.create_model("hybrid", group="p4")``
-(defaults: RotMNIST, escnn stem, GE-ViT with 5x5 neighbourhoods on 7x7; ``attention_window=None`` for global).
+(defaults: the original design on RotMNIST: escnn stem, scalar handover, GE-ViT with four 5x5-attention layers
+on 7x7; ``attention_window=None`` for global). ``conf/model/hybrid.yaml`` holds the tuned architecture
+(regular handover, two 3x3 group layers), ``experiment=hybrid_rotmnist_mini`` its training (docs/hybrid.md).
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gevit.groups import Group, get_group
+from gevit.layers.blocks import GroupTransformerBlock
 from gevit.layers.common import ChannelLayerNorm, per_item
 from gevit.models.group_transformer import GroupTransformer
 from gevit.registry import register_model
@@ -99,12 +110,16 @@ def build_escnn_stem(
     kernel_sizes: Union[int, Sequence[int]],
     downsample: str,
     pool_sigma: float,
+    depths: Union[int, Sequence[int]] = 1,
+    group_pooling: bool = True,
 ):
     """The escnn stem as a :class:`~gevit.escnn_utils.GeometricWrapper` and its output side.
 
-    Each entry of ``channels`` is one stage with that many regular fields; the stem ends with
-    ``GroupPooling`` (so it outputs ``channels[-1]`` invariant scalar fields). Raises ``ValueError`` where
-    a downsampling step would not commute with the rotations (see the module docstring).
+    Each entry of ``channels`` is one stage of ``depths`` (int or one per stage) ``R2Conv -> InnerBatchNorm
+    -> ReLU`` layers with that many regular fields, then a downsampling by 2. With ``group_pooling`` the
+    stem ends with ``GroupPooling`` (``channels[-1]`` invariant scalar fields), else it outputs the
+    ``channels[-1]`` regular fields themselves (``channels[-1] * |G|`` channels, field-major). Raises
+    ``ValueError`` where a downsampling step would not commute with the rotations (see the module docstring).
     """
     from escnn import nn as enn
 
@@ -113,18 +128,21 @@ def build_escnn_stem(
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
     kernel_sizes = per_item(kernel_sizes, len(channels), "stem_kernel_size")
+    depths = per_item(depths, len(channels), "stem_depth")
     gspace = get_group(group).gspace()
     in_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
     current, size, layers = in_type, image_size, []
-    for fields, kernel in zip(channels, kernel_sizes):
+    for fields, kernel, depth in zip(channels, kernel_sizes, depths):
         if kernel % 2 == 0:
             raise ValueError(f"stem kernels must be odd (a centred window), got {kernel}")
         hidden = enn.FieldType(gspace, fields * [gspace.regular_repr])
-        layers += [
-            enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
-            enn.InnerBatchNorm(hidden),
-            enn.ReLU(hidden, inplace=True),
-        ]
+        for _ in range(depth):
+            layers += [
+                enn.R2Conv(current, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
+                enn.InnerBatchNorm(hidden),
+                enn.ReLU(hidden, inplace=True),
+            ]
+            current = hidden
         if downsample == "antialiased":
             if size % 2 == 0:  # even -> odd with a centred 2x2 mean (stride 1)
                 layers.append(enn.PointwiseAvgPool2D(hidden, kernel_size=2, stride=1))
@@ -141,8 +159,8 @@ def build_escnn_stem(
             cls = enn.PointwiseAvgPool2D if downsample == "avg" else enn.PointwiseMaxPool2D
             layers.append(cls(hidden, kernel_size=2, stride=2))
             size //= 2
-        current = hidden
-    layers.append(enn.GroupPooling(current))
+    if group_pooling:
+        layers.append(enn.GroupPooling(current))
     stem = GeometricWrapper(enn.SequentialModule(*layers))
     if stem.output_size(image_size) != size:  # the geometry above is what escnn computes
         raise RuntimeError(f"stem output {stem.output_size(image_size)} != expected {size}")
@@ -152,7 +170,8 @@ def build_escnn_stem(
 # Where the GE-ViT part differs from GroupTransformer's defaults (the official rotMNIST layout): one block
 # of four 5x5-attention layers without crops, so the odd 7x7 artificial image is never max-pooled, and
 # mean pooling over space.
-VIT_DEFAULTS = dict(attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+VIT_DEFAULTS = dict(num_channels=20, attention_window=5, block_sizes=(4,), crop_per_layer=0, spatial_pooling="mean")
+HANDOVERS = ("scalar", "regular")
 
 
 class HybridViT(nn.Module):
@@ -160,11 +179,20 @@ class HybridViT(nn.Module):
 
     Args:
         group: a :mod:`gevit.groups` name (p4, p8, p4m, ...), used by the stem and by GE-ViT.
-        stem: ``escnn`` (steerable CNN + group pooling) or ``patch_embed`` (orbit-averaged patch Linear).
+        stem: ``escnn`` (steerable CNN) or ``patch_embed`` (orbit-averaged patch Linear).
         stem_channels: regular fields per escnn stage (each stage halves the map).
         stem_kernel_size: odd R2Conv kernel (int or one per stage).
+        stem_depth: R2Conv layers per escnn stage (int or one per stage).
         downsample: ``avg`` / ``max`` (2x2, stride 2, even maps) or ``antialiased`` (escnn's Gaussian).
+        handover: what the escnn stem hands to GE-ViT: ``scalar`` (group pooling to invariant fields, which
+            GE-ViT lifts with its lifting layer) or ``regular`` (the regular fields themselves, a function
+            on group x space that GE-ViT's group layers take as they are: ``GroupTransformer(lifting=False)``).
+            An escnn option, as ``embed_*`` are patch_embed's: the patch embedding always hands over scalars.
         embed_patch_size, embed_dim: patch size (divides ``image_size``) and width of ``patch_embed``.
+        width_group: the group ``stem_channels`` and GE-ViT's ``num_channels`` are counted for (e.g. ``p4``):
+            ``group`` then gets ``|width_group| / |group|`` times as many fields and channels per element
+            (rounded; ``num_channels`` to a multiple of 4), i.e. as many channels per pixel, so that p4m and
+            p8 cost about what p4 costs instead of 2-4x more. ``None``: the widths are ``group``'s own.
         vit_options: keywords of :class:`~gevit.models.group_transformer.GroupTransformer` for the
             GE-ViT part (defaults :data:`VIT_DEFAULTS` on top of GroupTransformer's own), e.g.
             ``attention_window``: its neighbourhood on the artificial image (odd int, or ``None`` /
@@ -180,20 +208,40 @@ class HybridViT(nn.Module):
         stem: str = "escnn",
         stem_channels: Sequence[int] = (8, 16),
         stem_kernel_size: Union[int, Sequence[int]] = (5, 3),
+        stem_depth: Union[int, Sequence[int]] = 1,
         downsample: str = "avg",
         pool_sigma: float = 0.66,
+        handover: str = "scalar",
         embed_patch_size: int = 4,
         embed_dim: int = 16,
+        width_group: Optional[str] = None,
         **vit_options,
     ):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        self.group_name, self.stem_kind = group, stem
+        if handover not in HANDOVERS:
+            raise ValueError(f"handover must be one of {HANDOVERS}, got {handover!r}")
+        handover = handover if stem == "escnn" else "scalar"  # the patch embedding's features are scalars
+        self.group_name, self.stem_kind, self.handover = group, stem, handover
+        vit_options = {**VIT_DEFAULTS, **vit_options}
+        if width_group is not None:  # as many channels per pixel as the widths give width_group
+            factor = len(get_group(width_group)) / len(get_group(group))
+            stem_channels = [max(1, round(c * factor)) for c in stem_channels]
+            vit_options["num_channels"] = 4 * max(1, round(vit_options["num_channels"] * factor / 4))
+        self.stem_channels, self.num_channels = list(stem_channels), vit_options["num_channels"]
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         if stem == "escnn":
             self.stem, size = build_escnn_stem(
-                group, in_channels, image_size, list(stem_channels), stem_kernel_size, downsample, pool_sigma
+                group,
+                in_channels,
+                image_size,
+                list(stem_channels),
+                stem_kernel_size,
+                downsample,
+                pool_sigma,
+                stem_depth,
+                group_pooling=handover == "scalar",
             )
             features = int(stem_channels[-1])
             self.stem_norm = nn.Identity()
@@ -213,15 +261,20 @@ class HybridViT(nn.Module):
             in_channels=features,
             num_classes=num_classes,
             image_size=size,
-            **{**VIT_DEFAULTS, **vit_options},
+            lifting=handover == "scalar",
+            **vit_options,
         )
         self.exactly_invariant = self.vit.exactly_invariant
 
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, D, s, s): invariant values on a grid that rotates with the input."""
+        """(B, C, S, S) -> (B, D, s, s) invariant values (``handover="scalar"``) or (B, D, |G|, s, s) regular
+        fields (``"regular"``), on a grid that rotates with the input."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        return self.stem_norm(self.stem(x))
+        out = self.stem_norm(self.stem(x))
+        if self.handover == "regular":  # escnn's channels are field-major: (D * |G|) -> (D, |G|)
+            out = out.view(out.shape[0], self.artificial_channels, -1, *out.shape[-2:])
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(self.artificial_image(x))
@@ -231,11 +284,9 @@ def attention_pairs(model: nn.Module) -> int:
     """Query-key pairs per image and head that the GE-ViT part of ``model`` (a HybridViT or a GroupTransformer)
     scores in one forward pass: the lifting layer has |G| x h x w queries with the in-map positions of their
     k x k (or global) neighbourhood as keys, a group layer |G| x h x w queries with |G| x those keys."""
-    from gevit.layers.blocks import GroupTransformerBlock
-
     vit = model.vit if isinstance(model, HybridViT) else model
     g, size = len(vit.group), vit.image_size
-    total = _pairs(size, vit.lifting.patch_size) * g
+    total = _pairs(size, vit.lifting.patch_size) * g if vit.lifting is not None else 0
     for layer in vit.transformer:
         if isinstance(layer, GroupTransformerBlock):
             total += _pairs(size, layer.attention.patch_size) * g * g

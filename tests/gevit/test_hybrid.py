@@ -31,6 +31,15 @@ CASES = {  # name -> (group, image_size, channels, kwargs)
         dict(stem="escnn", stem_channels=[4, 8, 8, 8], stem_kernel_size=3, downsample="max", block_sizes=[1]),
     ),  # 6x6
     "pcam-patch-p4m": ("p4m", 96, 3, dict(stem="patch_embed", embed_patch_size=8, block_sizes=[1, 1])),
+    # the stem's regular fields handed to GE-ViT's group layers as they are (no group pooling, no lifting)
+    "rotmnist-regular": ("p4", 28, 1, dict(handover="regular", stem_channels=[4, 8], stem_depth=[1, 2])),
+    "rotmnist-regular-p4m": ("p4m", 28, 1, dict(handover="regular", stem_channels=[2, 4], stem_depth=[2, 1])),
+    "pcam-regular-p4m": (
+        "p4m",
+        96,
+        3,
+        dict(handover="regular", stem_channels=[2, 4, 4], stem_kernel_size=3, downsample="max", block_sizes=[1]),
+    ),  # 12x12
 }
 
 
@@ -86,6 +95,30 @@ def test_geometry_that_would_break_invariance_is_refused():
         HybridViT(stem="patch_embed", embed_patch_size=5, **SMALL)
     with pytest.raises(ValueError, match="even maps"):
         HybridViT(stem_channels=[2, 2, 2], stem_kernel_size=3, **SMALL)  # 28 -> 14 -> 7 -> (odd) refused
+    for handover in ("scalar", "regular"):  # a max-pool of the odd 7x7 map is flagged, as GE-ViT flags it
+        assert not HybridViT(handover=handover, **{**SMALL, "block_sizes": [1, 1]}).exactly_invariant
+    with pytest.raises(ValueError, match="handover"):
+        HybridViT(handover="pooled", **SMALL)
+    assert HybridViT(stem="patch_embed", handover="regular", **SMALL).handover == "scalar"  # an escnn option
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_regular_handover_is_equivariant_and_feeds_the_group_layers(group):
+    """The stem's regular fields transform as GE-ViT's group features (Group.act_on_feature_map), which is
+    why they can skip the lifting layer; the GE-ViT part then has no lifting layer and takes (B, D, |G|, s, s)."""
+    torch.manual_seed(0)
+    model = HybridViT(group=group, handover="regular", stem_channels=[2, 3], **SMALL).eval()
+    g = model.vit.group
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        fields = model.artificial_image(x)
+        assert fields.shape == (2, 3, len(g), 7, 7)
+        for u in range(len(g)):
+            transformed = model.artificial_image(g.act_on_images(x, u))
+            torch.testing.assert_close(transformed, g.act_on_feature_map(fields, u), rtol=1e-4, atol=1e-5)
+    assert model.vit.lifting is None and model.vit.transformer[0].attention.in_channels == 3
+    with pytest.raises(ValueError, match=r"\(B, 3, %d, H, W\)" % len(g)):
+        model.vit(torch.rand(2, 3, 7, 7))
 
 
 def test_default_models_and_parameter_counts():
@@ -100,11 +133,18 @@ def test_default_models_and_parameter_counts():
     assert rotmnist(torch.rand(1, 1, 28, 28)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("stem", ["escnn", "patch_embed"])
-def test_checkpoint_round_trip_across_modes(stem):
+@pytest.mark.parametrize("stem, handover", [("escnn", "scalar"), ("patch_embed", "scalar"), ("escnn", "regular")])
+def test_checkpoint_round_trip_across_modes(stem, handover):
     def classifier() -> ImageClassifier:
         net = HybridViT(
-            num_classes=10, in_channels=1, image_size=28, stem=stem, stem_channels=[2, 4], stem_kernel_size=3, **SMALL
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            stem=stem,
+            stem_channels=[2, 4],
+            stem_kernel_size=3,
+            handover=handover,
+            **SMALL,
         )
         return ImageClassifier(
             net=net, num_classes=10, in_channels=1, image_size=28, input_mean=[0.1307], input_std=[0.3081]
