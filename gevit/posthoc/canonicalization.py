@@ -262,22 +262,42 @@ class DiscreteCanonicalization(Canonicalizer):
         """Images (B, C, H, W) as the wrapper sees them -> (B, |G|)."""
         raise NotImplementedError
 
-    def choice(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, |G|) -> one-hot (B, |G|) in value, with the estimator's gradient in training."""
+    def best_elements(self, logits: torch.Tensor, images: torch.Tensor, views: GroupViews) -> torch.Tensor:
+        """(B,) ``argmax_h o(x)[h]``, where an exact tie (a degenerate net: equal logits) is broken by the
+        candidate canonical images ``h^-1 x`` themselves (the one with the smallest fixed linear fingerprint):
+        the candidates of ``g x`` are those of ``x``, so the choice stays exactly invariant."""
+        best = logits.argmax(dim=-1)
+        tied = logits == logits.max(dim=-1, keepdim=True).values
+        rows = tied.sum(dim=-1) > 1
+        if not bool(rows.any()):
+            return best
+        inverses = self.group.inverses.to(images.device)
+        with torch.no_grad():
+            candidates = views(images[rows])[:, inverses].flatten(2)  # (b, |G|, C*H*W): h^-1 x
+            pattern = torch.arange(candidates.shape[-1], device=images.device, dtype=candidates.dtype)
+            fingerprint = (candidates * torch.sin(pattern * 0.7 + 0.3)).sum(dim=-1)
+            fingerprint = fingerprint.masked_fill(~tied[rows], float("inf"))
+        best = best.clone()
+        best[rows] = fingerprint.argmin(dim=-1)
+        return best
+
+    def choice(self, logits: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+        """(B, |G|) -> one-hot (B, |G|) of ``best`` in value, with the estimator's gradient in training."""
         if self.estimator == "gumbel":
             return F.gumbel_softmax(logits, tau=self.temperature, hard=True, dim=-1)
         soft = (logits / self.temperature).softmax(dim=-1)
-        hard = F.one_hot(soft.argmax(dim=-1), logits.shape[-1]).to(soft)
+        hard = F.one_hot(best, logits.shape[-1]).to(soft)
         return hard + soft - soft.detach()
 
     def forward(self, images: torch.Tensor, views: GroupViews) -> torch.Tensor:
         logits = self.orientation_logits(images, views)
         inverses = self.group.inverses.to(images.device)
+        best = self.best_elements(logits.detach(), images, views)
         if self.training and torch.is_grad_enabled():
-            y = self.choice(logits)
+            y = self.choice(logits, best)
             inverse_views = views(images)[:, inverses]  # inverse_views[:, h] = h^-1 x
             return (y.reshape(*y.shape, *([1] * (inverse_views.ndim - 2))) * inverse_views).sum(dim=1)
-        return views.transform(images, inverses[logits.argmax(dim=-1)])
+        return views.transform(images, inverses[best])
 
     def prior_loss(self, logits: torch.Tensor) -> torch.Tensor:
         """``prior_weight * CE(logits, identity)`` (element 0) for (B, |G|) orientation logits of training images."""
@@ -290,7 +310,7 @@ class DiscreteCanonicalization(Canonicalizer):
         return {"prior": self.prior_loss(self.orientation_logits(images, views))}
 
     def predicted_elements(self, images: torch.Tensor, views: GroupViews) -> torch.Tensor:
-        return self.orientation_logits(images, views).argmax(dim=-1)
+        return self.best_elements(self.orientation_logits(images, views), images, views)
 
     def extra_repr(self) -> str:
         return (

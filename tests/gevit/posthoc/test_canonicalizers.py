@@ -14,6 +14,7 @@ import torch.nn as nn
 from gevit.groups import Group, get_group
 from gevit.posthoc import (
     CanonicalizerInput,
+    DiscreteCanonicalization,
     GroupViews,
     LearnedCanonicalization,
     OptimizedCanonicalization,
@@ -264,3 +265,19 @@ def test_state_dicts_do_not_depend_on_the_mode_and_reload_the_same_function(kind
     fresh.load_state_dict(trained.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x, views), expected, atol=1e-6)
+
+
+class _Blind(DiscreteCanonicalization):
+    """A degenerate orientation net (equal logits for every element), as a dead ReLU net gives."""
+
+    def orientation_logits(self, images, views):
+        return images.new_zeros(images.shape[0], self.group.order)
+
+
+@pytest.mark.parametrize("group", ["c4", "flip", "d4"])
+def test_tied_orientation_logits_are_broken_invariantly(group):
+    canonicalizer, views = _Blind(group).eval(), GroupViews(group)
+    x = torch.rand(4, 1, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reference = canonicalizer(x, views)
+    for g in range(get_group(group).order):
+        assert torch.equal(canonicalizer(get_group(group).act_on_images(x, g), views), reference)
