@@ -48,7 +48,7 @@ def test_bad_position_bias_init_is_a_clear_error():
 def test_cpu_config_starts_at_ln10_with_small_finite_gradients():
     torch.manual_seed(0)
     net = GroupTransformer(**cpu_config())
-    assert sum(p.numel() for p in net.parameters()) == 4_208
+    assert sum(p.numel() for p in net.parameters()) == 19_890
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     loss = F.cross_entropy(net(x), y)
     assert abs(loss.item() - math.log(10)) < 1e-4
