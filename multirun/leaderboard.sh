@@ -10,7 +10,7 @@
 #   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs
 #   hybrid_p4, hybrid_p4m  model=hybrid (8x slower per image than EqCvT)                     HYBRID_EPOCHS (5)
-#   gevit          experiment=gevit_rotmnist_mini (p4, 4,208 parameters)                    GEVIT_EPOCHS (15)
+#   gevit          experiment=gevit_rotmnist_mini (p4, 19,890 parameters)                   GEVIT_EPOCHS (15)
 #   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (15)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
 #                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  POSTHOC_EPOCHS (5)

@@ -66,6 +66,7 @@ class GroupTransformerBlock(nn.Module):
     (the original's layout: pre-activation attention and a bottleneck MLP). The shortcut is a 1x1 map
     when the channel count changes. (B, C_in, |G|, S, S) -> (B, C_out, |G|, S - 2 crop, S - 2 crop).
     ``attention_window``: the odd side k of the k x k neighbourhood each query attends to (None: global).
+    ``head_channels``: query/key/value channels per head (None: ``out_channels // 2``, the original's).
     """
 
     def __init__(
@@ -82,12 +83,13 @@ class GroupTransformerBlock(nn.Module):
         attention_dropout: float = 0.0,
         value_dropout: float = 0.0,
         encoding: str = "gevit",
+        head_channels: Optional[int] = None,
     ):
         super().__init__()
         self.attention = GroupSelfAttention(
             group,
             in_channels,
-            out_channels // 2,
+            out_channels // 2 if head_channels is None else head_channels,
             out_channels,
             num_heads,
             attention_window,

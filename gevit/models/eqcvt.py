@@ -355,6 +355,19 @@ class CvT(nn.Module):
 
 
 # ---- EqCvT ---------------------------------------------------------------------------------------
+def stem_symmetry(symmetry: Group, stem_group: Optional[str]) -> Group:
+    """The group of EqCvT's escnn block: ``symmetry`` itself, or a larger ``stem_group`` containing it
+    (C_8, C_16 ... for p4: its rotations by multiples of 90 degrees act exactly on the pixel grid, so the
+    network stays exactly invariant to ``symmetry`` while the group-pooled fields are also invariant, up to
+    sampling, to the finer rotations)."""
+    if stem_group is None:
+        return symmetry
+    stem = get_group(stem_group)
+    if stem.num_rotations % symmetry.num_rotations or (symmetry.mirror and not stem.mirror):
+        raise ValueError(f"stem_group {stem_group!r} must contain the network's group {symmetry.name}")
+    return stem
+
+
 class EqCvT(nn.Module):
     """EqCvT: escnn steerable block -> group pooling -> one CvT stage -> head; (B, C, S, S) -> (B, num_classes).
 
@@ -406,6 +419,9 @@ class EqCvT(nn.Module):
         kv_stride: int = 2,
         dropout: float = 0.1,
         head_hidden_dim: int = 64,
+        stem_group: Optional[str] = None,
+        stem_layers: int = 1,
+        stem_kernel: int = 3,
     ):
         super().__init__()
         from escnn import nn as enn
@@ -428,12 +444,22 @@ class EqCvT(nn.Module):
         else:
             self.mask = None
 
-        gspace = symmetry.gspace()
+        self.stem_group = stem_symmetry(symmetry, stem_group).name
+        if stem_layers < 1 or stem_kernel % 2 == 0:
+            raise ValueError(f"stem_layers must be >= 1 and stem_kernel odd, got {stem_layers} / {stem_kernel}")
+        gspace = get_group(self.stem_group).gspace()
         in_type = enn.FieldType(gspace, input_fields * [gspace.trivial_repr])
         hidden = enn.FieldType(gspace, regular_fields * [gspace.regular_repr])
+        layers = [enn.R2Conv(in_type, hidden, kernel_size=conv_kernel, padding=conv_padding, bias=False)]
+        for _ in range(stem_layers - 1):  # regular -> regular, size kept
+            layers += [
+                enn.InnerBatchNorm(hidden),
+                enn.ReLU(hidden, inplace=True),
+                enn.R2Conv(hidden, hidden, kernel_size=stem_kernel, padding=stem_kernel // 2, bias=False),
+            ]
         self.equivariant = GeometricWrapper(
             enn.SequentialModule(
-                enn.R2Conv(in_type, hidden, kernel_size=conv_kernel, padding=conv_padding, bias=False),
+                *layers,
                 enn.InnerBatchNorm(hidden),
                 enn.ReLU(hidden, inplace=True),
                 enn.PointwiseAvgPoolAntialiased2D(hidden, sigma=pool_sigma, stride=1, padding=0),

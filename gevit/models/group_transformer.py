@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,12 @@ class GroupTransformer(nn.Module):
             ``(B, in_channels, |G|, H, W)``, acted on by :meth:`~gevit.groups.Group.act_on_feature_map`
             (e.g. escnn regular fields, the hybrid's ``handover="regular"``), and the first group layer
             maps ``in_channels`` to ``num_channels``.
+        head_channels: query/key/value channels per head of the group layers (at least 3: row, column and
+            group parts). ``None`` (official): half the layer's output channels, so a layer's cost grows with
+            heads x channels; a small value makes many heads affordable.
+        lifting_head_channels: the same for the lifting layer (even: row and column halves); ``None``
+            (official): ``num_channels // 2``. Its keys and values are affine in the input pixels, so a
+            few channels per head express what many do.
     """
 
     def __init__(
@@ -93,6 +99,10 @@ class GroupTransformer(nn.Module):
         zero_init_head: bool = False,
         position_bias_init: str = "zero",
         lifting: bool = True,
+        head_channels: Optional[int] = None,
+        lifting_head_channels: Optional[int] = None,
+        lifting_num_heads: Optional[int] = None,
+        position_init_scale: float = 1.0,
     ):
         super().__init__()
         exactly_equivariant = get_encoding(encoding).exactly_equivariant  # an unknown encoding stops here
@@ -105,6 +115,8 @@ class GroupTransformer(nn.Module):
             attention_window = None
         elif not isinstance(attention_window, int) or attention_window < 3 or attention_window % 2 == 0:
             raise ValueError(f"attention_window must be an odd int >= 3 or 'global', got {attention_window!r}")
+        if head_channels is not None and head_channels < 3:
+            raise ValueError(f"head_channels must be >= 3 (row, column and group parts), got {head_channels}")
         self.group = get_group(group)
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         self.spatial_pooling, self.group_pooling = spatial_pooling, group_pooling
@@ -119,9 +131,9 @@ class GroupTransformer(nn.Module):
             self.lifting = LiftingSelfAttention(
                 self.group,
                 in_channels,
-                num_channels // 2,
+                num_channels // 2 if lifting_head_channels is None else lifting_head_channels,
                 num_channels,
-                num_heads,
+                num_heads if lifting_num_heads is None else lifting_num_heads,
                 attention_window,
                 image_size,
                 attention_dropout,
@@ -152,6 +164,7 @@ class GroupTransformer(nn.Module):
                         attention_dropout,
                         value_dropout,
                         encoding,
+                        head_channels,
                     )
                 )
                 if normalize_between_layers:
@@ -179,10 +192,14 @@ class GroupTransformer(nn.Module):
         self.head = ChannelLinear(channels, num_classes, bias=False)
         self.final_size = size
         self.num_features = channels
-        self._initialise(whitening_scale, zero_init_head, position_bias_init)
+        self._initialise(whitening_scale, zero_init_head, position_bias_init, position_init_scale)
 
     def _initialise(
-        self, whitening_scale: float, zero_init_head: bool = False, position_bias_init: str = "zero"
+        self,
+        whitening_scale: float,
+        zero_init_head: bool = False,
+        position_bias_init: str = "zero",
+        position_init_scale: float = 1.0,
     ) -> None:
         """Weights ~ N(0, whitening_scale / sqrt(fan_in)), biases 0 (the original initialisation);
         then the two optional from-scratch fixes (see the class docstring)."""
@@ -199,6 +216,11 @@ class GroupTransformer(nn.Module):
             for module in self.modules():
                 if isinstance(module, PositionMLP):
                     nn.init.uniform_(module.inp.bias, -1.0, 1.0)
+        if position_init_scale != 1.0:
+            with torch.no_grad():
+                for module in self.modules():
+                    if isinstance(module, PositionMLP):
+                        module.out.weight.mul_(position_init_scale)
 
     def attention_layers(self) -> list[nn.Module]:
         """The attention layers in order: the lifting layer (if any), then every group layer's."""

@@ -77,6 +77,28 @@ def test_invariance_survives_training_steps():
     assert max(relative_change(model, x, rot(k)) for k in (1, 2, 3)) < 1e-5
 
 
+@pytest.mark.parametrize("stem", [dict(stem_group="p8"), dict(stem_group="p16"), dict(stem_layers=2)])
+def test_finer_or_deeper_escnn_block_stays_exactly_rot90_invariant(stem):
+    """A C8/C16 block contains the quarter turns, which act exactly on the pixel grid; extra regular ->
+    regular convolutions keep the block equivariant; the CvT stage is unchanged."""
+    torch.manual_seed(0)
+    model = EqCvT(image_size=28, num_classes=10, regular_fields=4, embed_dim=8, num_heads=2, head_dim=8, **stem)
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    assert max(relative_change(model, x, rot(k)) for k in (1, 2, 3)) < 1e-5
+    assert model.stem_group == stem.get("stem_group", "p4")
+
+
+def test_stem_group_must_contain_the_group():
+    for bad in ("p12m", "z2", "p6"):  # unknown, or without the quarter turns
+        with pytest.raises(ValueError, match="stem_group|unknown group"):
+            EqCvT(image_size=29, stem_group=bad)
+    with pytest.raises(ValueError, match="stem_group 'p8' must contain the network's group p4m"):
+        EqCvT(image_size=29, group="p4m", stem_group="p8")
+    with pytest.raises(ValueError, match="stem_layers"):
+        EqCvT(image_size=29, stem_layers=0)
+
+
 def test_d4_variant_is_invariant_to_rotations_and_flips():
     torch.manual_seed(0)
     model = EqCvT(image_size=96, in_channels=3, group="p4m")  # the PCam experiment's model

@@ -41,7 +41,7 @@ def test_other_models_and_recipe_off_compose_as_before(tmp_path):
     plain = compose_config(["~recipe"], tmp_path / "plain")
     assert plain.model.net.regular_fields == 10 and plain.trainer.max_epochs == 10
     gevit = compose_config(["experiment=gevit_rotmnist_mini"], tmp_path / "gevit")
-    assert gevit.model.net.zero_init_head is True and gevit.data.batch_size == 16
+    assert gevit.model.net.zero_init_head is True and gevit.data.batch_size == 32
 
 
 def _curve(acc):
