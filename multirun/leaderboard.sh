@@ -9,7 +9,7 @@
 #   cvt            model=cvt with the main job's schedule (Adam 2e-3, warm-up + cosine)     15 epochs
 #   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs
-#   hybrid_p4, hybrid_p4m  model=hybrid (8x slower per image than EqCvT)                     HYBRID_EPOCHS (5)
+#   hybrid_p4, hybrid_p4m  experiment=hybrid_rotmnist_mini (regular handover, AdamW 1e-2)     HYBRID_EPOCHS (20)
 #   gevit          experiment=gevit_rotmnist_mini (p4, 19,890 parameters)                   GEVIT_EPOCHS (15)
 #   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (15)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
@@ -17,11 +17,7 @@
 #   upright_*      MNIST -> rotated (data.variant=upright_train: train/val upright, test rotated): a ViT
 #                  (10 epochs), its post-hoc wrappers as above and canonicalization with the prior
 #                  (canonicalization_prior: the data are upright; aggregator_only, POSTHOC_EPOCHS)
-# Measured per run on 2 quiet CPU cores (2026-12-01, seed 0, curves on 500 test images): ViT 6.3 min, CvT 4.4,
-# EqCvT 5.9, hybrid p4 4.9 (3 epochs) and p4m ~20 (3 epochs: D4's 8 elements make its attention ~4x dearer),
-# GE-ViT 6.1 / GSA-Nets 5.3 (15 epochs; ~20 s per epoch), post-hoc C4 zero-shot 1.5, C4 lambda 2.7 (2 epochs),
-# C16 zero-shot 6.1, C16 lambda 9.6 (2 epochs). So about 1.5-2 hours per seed with the default budgets, 5-6
-# hours for 3 seeds; on a GPU well under 1 hour.
+# Time per run and for the whole table: docs/leaderboard.md (measured with the command it names).
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
@@ -42,7 +38,7 @@ done
 TASK=leaderboard
 GRID_SEEDS="${SEEDS:-0,1,2}"
 GEVIT_EPOCHS="${GEVIT_EPOCHS:-15}"
-HYBRID_EPOCHS="${HYBRID_EPOCHS:-5}"
+HYBRID_EPOCHS="${HYBRID_EPOCHS:-20}"
 POSTHOC_EPOCHS="${POSTHOC_EPOCHS:-5}"
 ZERO_SHOT="${POSTHOC_ZERO_SHOT:-mean}"
 LEARNED="${POSTHOC_LEARNED:-lambda}"
@@ -151,9 +147,9 @@ one_seed() {
     family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
         $(tiny "${TINY_GEVIT[@]}")
     # shellcheck disable=SC2046
-    family hybrid_p4 model=hybrid model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    family hybrid_p4 experiment=hybrid_rotmnist_mini model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
     # shellcheck disable=SC2046
-    family hybrid_p4m model=hybrid model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    family hybrid_p4m experiment=hybrid_rotmnist_mini model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
 }
 CHECK_ONLY=true  # every planned run first: refuse a folder of other settings before training anything
 for SEED in ${GRID_SEEDS//,/ }; do
