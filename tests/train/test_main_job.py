@@ -1,4 +1,4 @@
-"""The main job (plain `python train.py`): the exactly C4-invariant EqCvT recipe on RotMNIST-mini, its
+"""The main job (plain `python train.py`): the exactly C4-invariant hybrid recipe on RotMNIST-mini, its
 figure beside a reference curve and its three-line summary. Composition only; the run itself is measured
 by hand (README quick start)."""
 
@@ -17,20 +17,29 @@ from runkit.callbacks import (
 from tests.support.compose import compose_config
 
 
-def test_default_is_the_exactly_invariant_eqcvt_recipe(tmp_path):
+def test_default_is_the_exactly_invariant_hybrid_recipe(tmp_path):
     cfg = compose_config([], tmp_path)
-    assert cfg.model.net._target_ == "gevit.models.EqCvT" and cfg.model.net.invariant is True
-    assert cfg.model.net.group == "p4" and cfg.model.net.regular_fields == 16
-    assert (cfg.data.augmentation, cfg.data.batch_size, cfg.trainer.max_epochs) == ("rotation", 64, 25)
+    assert cfg.model.net._target_ == "gevit.models.HybridViT" and cfg.model.net.handover == "regular"
+    assert cfg.model.net.group == "p4" and cfg.model.optimizer.lr == 0.01
+    assert (cfg.data.augmentation, cfg.data.batch_size, cfg.trainer.max_epochs) == ("rotation", 64, 20)
     assert cfg.model.scheduler.warmup_fraction == 0.1 and cfg.model.scheduler_interval == "step"
-    assert cfg.callbacks.rotation_robustness.label.startswith("EqCvT")
+    assert cfg.callbacks.rotation_robustness.label.startswith("hybrid p4")
     net = instantiate(cfg.model.net).eval()
-    assert sum(p.numel() for p in net.parameters()) == 63_338
+    assert sum(p.numel() for p in net.parameters()) == 12_928
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():  # float32 (escnn's kernels are float32): rounding only
         logits = net(x)
         for k in (1, 2, 3):
             assert ((net(torch.rot90(x, k, (-2, -1))) - logits).norm() / logits.norm()).item() < 1e-4
+
+
+def test_the_previous_main_job_keeps_its_recipe(tmp_path):
+    cfg = compose_config(["model=eqcvt"], tmp_path)
+    assert cfg.model.net._target_ == "gevit.models.EqCvT" and cfg.model.net.invariant is True
+    assert cfg.model.net.group == "p4" and cfg.model.net.regular_fields == 16
+    assert (cfg.data.augmentation, cfg.data.batch_size, cfg.trainer.max_epochs) == ("rotation", 64, 25)
+    assert cfg.callbacks.rotation_robustness.label.startswith("EqCvT")
+    assert sum(p.numel() for p in instantiate(cfg.model.net).parameters()) == 63_338
 
 
 def test_other_models_and_recipe_off_compose_as_before(tmp_path):
@@ -39,7 +48,7 @@ def test_other_models_and_recipe_off_compose_as_before(tmp_path):
     assert (vit.data.augmentation, vit.data.batch_size, vit.trainer.max_epochs) == ("none", 128, 10)
     assert vit.model.scheduler is None and vit.callbacks.rotation_robustness.label is None
     plain = compose_config(["~recipe"], tmp_path / "plain")
-    assert plain.model.net.regular_fields == 10 and plain.trainer.max_epochs == 10
+    assert plain.model.optimizer.lr == 0.001 and plain.trainer.max_epochs == 10
     gevit = compose_config(["experiment=gevit_rotmnist_mini"], tmp_path / "gevit")
     assert gevit.model.net.zero_init_head is True and gevit.data.batch_size == 32
 
@@ -84,6 +93,6 @@ def test_three_line_summary():
 def test_the_main_job_draws_the_committed_vit_curve_beside_its_own(tmp_path):
     cfg = compose_config([], tmp_path)
     callback = instantiate(cfg.callbacks.rotation_robustness)
-    assert callback.label.startswith("EqCvT") and callback.reference_label.startswith("plain ViT")
+    assert callback.label.startswith("hybrid p4") and callback.reference_label.startswith("plain ViT")
     assert callback.reference["angles"] == [float(a) for a in range(0, 360, 15)]
     assert 0.2 < min(callback.reference["accuracy"]) < max(callback.reference["accuracy"]) < 0.6  # not invariant
