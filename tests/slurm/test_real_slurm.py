@@ -152,7 +152,7 @@ def test_a_time_limit_requeues_through_usr2_until_max_num_timeout_then_says_so(t
     cmd = sweep_command(
         tmp_path,
         "seed=0",
-        "trainer.max_epochs=1000",  # short epochs, more than two attempts can train
+        "trainer.max_epochs=100000",  # short epochs (~0.1 s on a quiet machine): more than two attempts can train
         "hydra.launcher.signal_delay_s=50",
         "hydra.launcher.max_num_timeout=1",
     )
