@@ -96,7 +96,12 @@ def main():
             f"[side-by-side] {args.official_dir} has no g_selfatt package: skipping the official model", file=sys.stderr
         )
     for path in args.paths.split(","):
-        contenders[f"ours-{path}"] = (ours(args.group, args.attention_window, state), path)
+        net = ours(args.group, args.attention_window, state)
+        if state is None:  # no official model: every path gets the first one's weights (the same function)
+            first = next((m for m, _ in contenders.values()), None)
+            if first is not None:
+                net.load_state_dict(first.state_dict())
+        contenders[f"ours-{path}"] = (net, path)
 
     # same function first (eval mode, no dropout)
     agreement = {}
