@@ -79,6 +79,9 @@ def test_every_backbone_option_builds_a_wrapper(name, stage1, tmp_path):
         "timm": ["model.backbone.model_name=resnet18"],
     }.get(name, [])
     cfg = compose_config(["model=posthoc", f"model/backbone={name}", "model/aggregator=mean"] + extra, tmp_path)
+    weights = cfg.model.backbone.get("ckpt_path")
+    if name == "peer_vit" and not Path(weights).is_file():  # the reference checkpoint of ../shared/data
+        pytest.skip(f"{weights} is absent (optional reference data)")
     model = hydra.utils.instantiate(cfg.model).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
