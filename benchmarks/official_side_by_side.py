@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gevit  # noqa: E402, F401  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
+import torch  # noqa: E402
 
 ROTATIONS = {"p4": 4, "p8": 8, "p12": 12, "p16": 16}
 
