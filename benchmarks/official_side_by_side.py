@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gevit  # noqa: E402, F401  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
-import torch  # noqa: E402
+import gevit  # noqa: E402  # isort: skip  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
+import torch  # noqa: E402  # isort: skip
 
 ROTATIONS = {"p4": 4, "p8": 8, "p12": 12, "p16": 16}
 
@@ -59,7 +59,6 @@ def official_model(official_dir: Path, group: str, attention_window: int):
 
 
 def ours(group: str, attention_window: int, state_dict=None):
-    import gevit
     from gevit.models.group_transformer import convert_official_state_dict
 
     net = gevit.create_model("gevit", group=group, attention_window=attention_window)
