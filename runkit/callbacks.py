@@ -261,6 +261,32 @@ class ThroughputMonitor(Callback):
             pl_module.log("test/images_per_s", rate, rank_zero_only=True)
 
 
+class TrainingClock(Callback):
+    """Logs ``time/elapsed_s`` at the end of every training epoch (after its validation): the wall time of
+    training so far, validation included, summed over the segments of a resumed run (the total is kept in
+    the checkpoint). Validation accuracy can then be drawn against wall time as well as against epochs
+    (the leaderboard's learning curves, a W&B chart with ``time/elapsed_s`` as its x-axis)."""
+
+    def __init__(self):
+        self._before = 0.0  # seconds trained by the segments this run resumed from
+        self._started: Optional[float] = None
+
+    def elapsed(self) -> float:
+        return self._before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("time/elapsed_s", self.elapsed(), on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before, self._started = float(state_dict.get("elapsed_s", 0.0)), None
+
+
 class SimulatedPreemption(Callback):
     """Send this process ``signal`` (default USR2, what submitit's Slurm jobs receive before their time
     limit) once, at the start of training epoch ``at_epoch``: a rehearsal of preemption/timeout with

@@ -45,6 +45,7 @@ def test_run_writes_every_output(trained):
         "rotation_robustness",
         "best_checkpoint",
         "test/invariance_error_rot90",
+        "time/elapsed_s",
     ):
         assert key in on_disk, key
     assert on_disk["status"] == "completed"
@@ -108,6 +109,8 @@ def test_resume_from_last_checkpoint_continues_the_run(tmp_path):
     resumed, _ = run(tmp_path, "trainer.max_epochs=2", f"ckpt_path={first['last_checkpoint']}", name="a")
     assert resumed["global_step"] == 2 * steps_per_epoch  # epoch 0 is not trained again
     assert resumed["epochs_trained"] == 2
+    # the training clock continues from the checkpoint: the resumed run's wall time includes the first segment's
+    assert resumed["time/elapsed_s"] > first["time/elapsed_s"] > 0
     auto, _ = run(tmp_path, "trainer.max_epochs=3", "auto_resume=true", name="a")
     assert auto["global_step"] == 3 * steps_per_epoch
 
