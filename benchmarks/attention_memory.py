@@ -72,12 +72,12 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import gevit
     from gevit.layers.group_attention import set_attention_backend
+    from gevit.models import GroupTransformer
 
     options = dict(CONFIGS[args.config], **({"group": args.group} if args.group else {}))
     torch.manual_seed(0)
-    model = gevit.create_model("gevit", **options).train()
+    model = GroupTransformer(**options).train()
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     batches = [int(b) for b in args.batches.split(",")]
     results: dict = {}

@@ -61,7 +61,7 @@ def official_model(official_dir: Path, group: str, attention_window: int):
 def ours(group: str, attention_window: int, state_dict=None):
     from gevit.models.group_transformer import convert_official_state_dict
 
-    net = gevit.create_model("gevit", group=group, attention_window=attention_window)
+    net = gevit.models.GroupTransformer(group=group, attention_window=attention_window)
     if state_dict is not None:
         net.load_state_dict(convert_official_state_dict(state_dict, net), strict=True)
     return net

@@ -13,10 +13,10 @@ choices are invariant, so with ``encoding="gevit"`` the logits are exactly invar
 90-degree rotations (and mirrors) contained in the group, provided every feature map keeps an even
 size before each max-pool (true for the official configurations).
 
-Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attention_window=5)`` or
-``gevit.create_model("gevit", group="p4", attention_window=5)`` (defaults are the official rotMNIST
-configuration: 44,428 parameters for p4 with 5x5 neighbourhoods). The official code calls the attention
-window ``patch_size``; here ``patch_size`` is only the ViT's patch embedding.
+Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attention_window=5)`` (GSA-Nets:
+``encoding="gsanet"``; defaults are the official rotMNIST configuration: 44,428 parameters for p4 with 5x5
+neighbourhoods). The official code calls the attention window ``patch_size``; here ``patch_size`` is only
+the ViT's patch embedding.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activ
 from gevit.layers.common import per_item
 from gevit.layers.encodings import get_encoding
 from gevit.layers.group_attention import LiftingSelfAttention, PositionMLP
-from gevit.registry import register_model
 
 log = logging.getLogger(__name__)
 
@@ -277,18 +276,6 @@ class GroupTransformer(nn.Module):
         """Load weights saved by the official GE-ViT / GSA-Nets code (see :func:`load_official_weights`);
         what ``model.init_from=FILE`` calls."""
         return load_official_weights(self, path)
-
-
-@register_model("gevit")
-def gevit(**kwargs) -> GroupTransformer:
-    """GE-ViT: group self-attention with the equivariant positional encoding."""
-    return GroupTransformer(**{**kwargs, "encoding": "gevit"})
-
-
-@register_model("gsanet")
-def gsanet(**kwargs) -> GroupTransformer:
-    """GSA-Nets: the same network with the original (not exactly equivariant) positional encoding."""
-    return GroupTransformer(**{**kwargs, "encoding": "gsanet"})
 
 
 # ---- weights trained with the official code ----------------------------------------------------------

@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gevit.registry import register_model
-
 
 class PatchEmbed(nn.Module):
     """Cut (B, C, H, W) into non-overlapping p x p patches and project each to ``embed_dim``.
@@ -161,12 +159,6 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-@register_model("vit")
-def vit(**kwargs) -> VisionTransformer:
-    """The post-hoc experiments' ViT (defaults above)."""
-    return VisionTransformer(**kwargs)
 
 
 def convert_peer_vit_state_dict(state_dict: dict) -> dict:

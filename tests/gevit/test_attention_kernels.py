@@ -191,13 +191,12 @@ def test_in_kernel_dropout_is_reproducible_and_unbiased():
 
 def test_official_checkpoint_runs_fused_and_matches_eager(shared_data, caplog):
     """Trained weights on rotated digits never trip the underflow guard; logits match the eager path."""
-    import gevit
-    from gevit.models import load_official_weights
+    from gevit.models import GroupTransformer, load_official_weights
     from gevit.rotations import rotate
     from tests.support.mnist_digits import mnist_test_digits
 
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4"), shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
+        GroupTransformer(group="p4"), shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
     ).eval()
     images, _ = mnist_test_digits()
     angles = torch.rand(4, generator=torch.Generator().manual_seed(0)) * 360
