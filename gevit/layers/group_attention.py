@@ -220,6 +220,11 @@ class _GroupAttentionBase(nn.Module):
         # Logits per chunk of query rows: bounds the memory of large batches (0: never chunk).
         self.chunk_elements = 1 << 26
 
+    @property
+    def attention_window(self) -> Optional[int]:
+        """Side k of the k x k neighbourhood each query attends to, or None for global attention."""
+        return None if self.is_global else self.patch_size
+
     def spatial_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row/column encodings of every acted offset: two (|G|, k*k, pos_channels) tensors.
 

@@ -71,6 +71,10 @@ class GroupTransformer(nn.Module):
             few channels per head express what many do.
     """
 
+    # What gevit.analysis.model_facts reads (with model_name, description and group below).
+    model_kind = "gevit"
+    attention_maps = "group"  # forward(x, return_intermediates=True): every attention layer's probabilities
+
     def __init__(
         self,
         group: str = "p4",
@@ -225,6 +229,21 @@ class GroupTransformer(nn.Module):
         """The attention layers in order: the lifting layer (if any), then every group layer's."""
         lifting = [] if self.lifting is None else [self.lifting]
         return lifting + [layer.attention for layer in self.transformer if isinstance(layer, GroupTransformerBlock)]
+
+    @property
+    def model_name(self) -> str:
+        """``GE-ViT`` or ``GSA-Nets``: the family of the attention layers' positional encoding."""
+        return self.attention_layers()[0].encoding.family
+
+    @property
+    def attention_reach(self) -> str:
+        """``global`` or ``kxk local``: what each query of the attention layers sees."""
+        window = self.attention_layers()[0].attention_window
+        return "global" if window is None else f"{window}x{window} local"
+
+    @property
+    def description(self) -> str:
+        return f"{self.model_name} {self.group.name}, {self.attention_reach} attention"
 
     def forward_features(self, x: torch.Tensor, return_intermediates: bool = False):
         """(B, C, H, W) (``lifting=False``: (B, C, |G|, H, W)) -> (B, num_features, |G|, h, w) before the

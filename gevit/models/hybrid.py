@@ -198,6 +198,10 @@ class HybridViT(nn.Module):
             ``"global"`` for global attention).
     """
 
+    # What gevit.analysis.model_facts reads (with model_name, description and group below).
+    model_kind = "hybrid"
+    attention_maps = None
+
     def __init__(
         self,
         group: str = "p4",
@@ -264,6 +268,23 @@ class HybridViT(nn.Module):
             **vit_options,
         )
         self.exactly_invariant = self.vit.exactly_invariant
+
+    @property
+    def group(self) -> Group:
+        """The group of the stem and of GE-ViT."""
+        return self.vit.group
+
+    @property
+    def model_name(self) -> str:
+        return f"hybrid {self.vit.model_name}"
+
+    @property
+    def description(self) -> str:
+        size = self.artificial_size
+        return (
+            f"hybrid: {self.stem_kind} stem -> {self.vit.model_name} {self.group.name}, "
+            f"{self.vit.attention_reach} attention on {size}x{size}"
+        )
 
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, D, s, s) invariant values (``handover="scalar"``) or (B, D, |G|, s, s) regular

@@ -115,6 +115,11 @@ class VisionTransformer(nn.Module):
     logits, ``embed_dim`` is D.
     """
 
+    # What gevit.analysis.model_facts reads (with model_name and description below).
+    model_kind = "vit"
+    attention_maps = "tokens"  # forward_features(x, return_attention=True): the token attention of every block
+    model_name = "ViT"
+
     def __init__(
         self,
         image_size: int = 28,
@@ -152,6 +157,11 @@ class VisionTransformer(nn.Module):
             else:
                 x = block(x)
         return (x, attentions) if return_attention else x
+
+    @property
+    def description(self) -> str:
+        patch = self.patch_embed.patch_size
+        return f"ViT, {len(self.blocks)} blocks, {self.embed_dim}-d, {patch}x{patch} patches"
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         cls = tokens[:, 0]
