@@ -77,7 +77,7 @@ class Contender:
         self.model, self.optimizer, self.x, self.y, self.path = model, optimizer, x, y, path
 
     def _timed(self, fn):
-        from gevit.layers.group_attention import set_attention_backend
+        from gevit.layers.kernels.backend import set_attention_backend
 
         set_attention_backend(self.path)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -144,7 +144,7 @@ def measure_row(name, args):
         eager.load_state_dict(model.state_dict())
         contenders["eager"] = Contender(eager, make_optimizer(cfg, eager), x, y, "eager")
 
-    from gevit.layers.group_attention import select_backend
+    from gevit.layers.kernels.backend import select_backend
 
     row["attention_path"] = select_backend(x) if attention else None
     train = {name: [] for name in contenders}

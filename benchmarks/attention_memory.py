@@ -72,7 +72,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gevit.layers.group_attention import set_attention_backend
+    from gevit.layers.kernels.backend import set_attention_backend
     from gevit.models import GroupTransformer
 
     options = dict(CONFIGS[args.config], **({"group": args.group} if args.group else {}))

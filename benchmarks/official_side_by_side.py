@@ -79,7 +79,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gevit.layers.group_attention import set_attention_backend
+    from gevit.layers.kernels.backend import set_attention_backend
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, 28, 28)

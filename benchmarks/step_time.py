@@ -68,7 +68,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from gevit.layers.group_attention import select_backend, set_attention_backend
+    from gevit.layers.kernels.backend import select_backend, set_attention_backend
 
     set_attention_backend(args.attention)
     attention_path = select_backend(torch.empty(1, device=device))
