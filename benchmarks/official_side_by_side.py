@@ -2,9 +2,9 @@
 process with the same weights (the official model's state_dict converted into ours), interleaved
 repetitions, medians and ratios.
 
-    python benchmarks/official_side_by_side.py --official-dir /path/to/GEVit --threads 2
-    python benchmarks/official_side_by_side.py --group p8 --reps 3         # ours only (no --official-dir)
-    python benchmarks/official_side_by_side.py --paths cpu,eager           # our fused kernel and eager path
+    python -m benchmarks.official_side_by_side --official-dir /path/to/GEVit --threads 2
+    python -m benchmarks.official_side_by_side --group p8 --reps 3         # ours only (no --official-dir)
+    python -m benchmarks.official_side_by_side --paths cpu,eager           # our fused kernel and eager path
 
 ``--official-dir`` is a checkout of github.com/ZJUCDSYangKaifan/GEVit (never vendored here); without it
 the official half is skipped. One step = forward + cross-entropy backward + Adam step on a random batch
@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gevit  # noqa: E402  # isort: skip  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
-import torch  # noqa: E402  # isort: skip
+import gevit  # isort: skip  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
+import torch  # isort: skip
 
 ROTATIONS = {"p4": 4, "p8": 8, "p12": 12, "p16": 16}
 
