@@ -1,10 +1,10 @@
 """The speed table of docs/benchmarks.md: every model family's training step and eval forward, GE-ViT's
 fused attention against its eager path and the official code, in one process, on the CPU.
 
-    python benchmarks/all_models.py --threads 2                                   # every row, markdown
-    python benchmarks/all_models.py --threads 2 --official-dir /path/to/GEVit     # + the official code
-    python benchmarks/all_models.py --rows gevit-p4,gevit-p8 --eager-steps 0      # a few rows, no eager
-    python benchmarks/all_models.py --threads 2 --busy 1 --rows gevit-p4          # beside a busy process
+    python -m benchmarks.all_models --threads 2                                   # every row, markdown
+    python -m benchmarks.all_models --threads 2 --official-dir /path/to/GEVit     # + the official code
+    python -m benchmarks.all_models --rows gevit-p4,gevit-p8 --eager-steps 0      # a few rows, no eager
+    python -m benchmarks.all_models --threads 2 --busy 1 --rows gevit-p4          # beside a busy process
 
 Each row is a training configuration (``experiment=...``, built exactly as train.py builds it, with its
 batch size and optimiser; the data module only gives shape facts, no data is read). Timed: the training
@@ -26,15 +26,13 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gevit  # noqa: E402, F401  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
+import gevit  # noqa: F401  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
 
 # isort: split
-import torch  # noqa: E402
+import torch
 
 GEVIT_GROUPS = ("p4", "p8", "p12", "p16", "p4m")
 ROWS = {
@@ -77,7 +75,7 @@ class Contender:
         self.model, self.optimizer, self.x, self.y, self.path = model, optimizer, x, y, path
 
     def _timed(self, fn):
-        from gevit.layers.group_attention import set_attention_backend
+        from gevit.layers.kernels.backend import set_attention_backend
 
         set_attention_backend(self.path)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -144,7 +142,7 @@ def measure_row(name, args):
         eager.load_state_dict(model.state_dict())
         contenders["eager"] = Contender(eager, make_optimizer(cfg, eager), x, y, "eager")
 
-    from gevit.layers.group_attention import select_backend
+    from gevit.layers.kernels.backend import select_backend
 
     row["attention_path"] = select_backend(x) if attention else None
     train = {name: [] for name in contenders}

@@ -1,9 +1,9 @@
 """Activation memory (bytes saved for backward) and training-step time of a GE-ViT model on each
 attention path, side by side in one process.
 
-    python benchmarks/attention_memory.py --threads 2                          # PCam model, batch 2 and 32
-    python benchmarks/attention_memory.py --batches 2 --paths cpu,eager --steps 2
-    python benchmarks/attention_memory.py --config rotmnist --batches 8
+    python -m benchmarks.attention_memory --threads 2                          # PCam model, batch 2 and 32
+    python -m benchmarks.attention_memory --batches 2 --paths cpu,eager --steps 2
+    python -m benchmarks.attention_memory --config rotmnist --batches 8
 
 Memory is the sum of the distinct storages autograd saves for the backward during one training
 forward (``torch.autograd.graph.saved_tensors_hooks``): the activation memory a training step holds at
@@ -18,13 +18,9 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS = {
     # conf/experiment/gevit_pcam.yaml (the official PCam configuration)
@@ -72,12 +68,12 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import gevit
-    from gevit.layers.group_attention import set_attention_backend
+    from gevit.layers.kernels.backend import set_attention_backend
+    from gevit.models import GroupTransformer
 
     options = dict(CONFIGS[args.config], **({"group": args.group} if args.group else {}))
     torch.manual_seed(0)
-    model = gevit.create_model("gevit", **options).train()
+    model = GroupTransformer(**options).train()
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     batches = [int(b) for b in args.batches.split(",")]
     results: dict = {}

@@ -8,7 +8,7 @@ side in one process: the same frozen upright-trained backbone, the same training
     # equiadapt is NOT a dependency of this project: put it (and what it imports that the project lacks)
     # in a throw-away folder, for this benchmark only
     pip install --no-deps --target /tmp/equiadapt_pkgs equiadapt==0.1.2 e2cnn kornia kornia_rs
-    PYTHONPATH=/tmp/equiadapt_pkgs python benchmarks/canonicalization_vs_equiadapt.py \\
+    PYTHONPATH=/tmp/equiadapt_pkgs python -m benchmarks.canonicalization_vs_equiadapt \\
         --backbone logs/canon_bench/stage1/checkpoints/best-*.ckpt --json logs/canon_bench/results.json
 
 Without equiadapt importable, only this project's methods run (and the script says how to get it).
@@ -54,14 +54,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from datamodules import RotMNISTMiniDataModule  # noqa: E402
-from gevit.rotations import rotate  # noqa: E402
-from lightning_modules import PostHocClassifier  # noqa: E402
-from runkit.checkpoint_loading import checkpoint_backbone  # noqa: E402
-from runkit.posthoc_methods import aggregator_config  # noqa: E402
+from datamodules import RotMNISTMiniDataModule
+from gevit.rotations import rotate
+from lightning_modules import PostHocClassifier
+from runkit.checkpoint_loading import checkpoint_backbone
+from runkit.posthoc_methods import aggregator_config
 
 MEAN, STD = 0.1307, 0.3081
 HOW_TO_GET_EQUIADAPT = (

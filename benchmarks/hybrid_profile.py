@@ -1,9 +1,9 @@
 """Where the hybrid's training step goes, side by side with other models in one process.
 
-    python benchmarks/hybrid_profile.py --threads 1                 # before vs the recipe (p4, p4m) vs GE-ViT mini
-    python benchmarks/hybrid_profile.py --batch 64 --variant "w3=model=hybrid model.net.attention_window=3"
-    python benchmarks/hybrid_profile.py --kernel-sizes 7,14,28      # fused attention cost per query position
-    python benchmarks/hybrid_profile.py --stem-layers "hybrid p4 recipe"   # that variant's stem, layer by layer
+    python -m benchmarks.hybrid_profile --threads 1                 # before vs the recipe (p4, p4m) vs GE-ViT mini
+    python -m benchmarks.hybrid_profile --batch 64 --variant "w3=model=hybrid model.net.attention_window=3"
+    python -m benchmarks.hybrid_profile --kernel-sizes 7,14,28      # fused attention cost per query position
+    python -m benchmarks.hybrid_profile --stem-layers "hybrid p4 recipe"   # that variant's stem, layer by layer
 
 Each ``--variant NAME=OVERRIDES`` (Hydra overrides of conf/train.yaml, space-separated) is built as train.py
 builds it (the LightningModule with its configured optimiser; no data is read) and timed on random images:
@@ -32,14 +32,10 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The hybrid as the leaderboard trained it before handover=regular (group-pooled scalars lifted by GE-ViT:
 # 20 channels, 9 heads, four 5x5-attention layers, LayerNorm, dropout; batch 128, 43,380 parameters at p4).

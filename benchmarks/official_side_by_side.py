@@ -2,9 +2,9 @@
 process with the same weights (the official model's state_dict converted into ours), interleaved
 repetitions, medians and ratios.
 
-    python benchmarks/official_side_by_side.py --official-dir /path/to/GEVit --threads 2
-    python benchmarks/official_side_by_side.py --group p8 --reps 3         # ours only (no --official-dir)
-    python benchmarks/official_side_by_side.py --paths cpu,eager           # our fused kernel and eager path
+    python -m benchmarks.official_side_by_side --official-dir /path/to/GEVit --threads 2
+    python -m benchmarks.official_side_by_side --group p8 --reps 3         # ours only (no --official-dir)
+    python -m benchmarks.official_side_by_side --paths cpu,eager           # our fused kernel and eager path
 
 ``--official-dir`` is a checkout of github.com/ZJUCDSYangKaifan/GEVit (never vendored here); without it
 the official half is skipped. One step = forward + cross-entropy backward + Adam step on a random batch
@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gevit  # noqa: E402  # isort: skip  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
-import torch  # noqa: E402  # isort: skip
+import gevit  # isort: skip  (first: OpenMP's wait policy is read when torch loads, gevit/openmp.py)
+import torch  # isort: skip
 
 ROTATIONS = {"p4": 4, "p8": 8, "p12": 12, "p16": 16}
 
@@ -61,7 +60,7 @@ def official_model(official_dir: Path, group: str, attention_window: int):
 def ours(group: str, attention_window: int, state_dict=None):
     from gevit.models.group_transformer import convert_official_state_dict
 
-    net = gevit.create_model("gevit", group=group, attention_window=attention_window)
+    net = gevit.models.GroupTransformer(group=group, attention_window=attention_window)
     if state_dict is not None:
         net.load_state_dict(convert_official_state_dict(state_dict, net), strict=True)
     return net
@@ -79,7 +78,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gevit.layers.group_attention import set_attention_backend
+    from gevit.layers.kernels.backend import set_attention_backend
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, 28, 28)

@@ -1,8 +1,8 @@
 """Cost per image of learned canonicalization (one backbone call) against the |G|-view post-hoc aggregators
 (|G| backbone calls, batched), side by side in one process.
 
-    python benchmarks/posthoc_cost.py                         # the seed ViT (28x28 digits), C4 and D4
-    python benchmarks/posthoc_cost.py --backbone resnet18 --image-size 96 --channels 3 --groups d4
+    python -m benchmarks.posthoc_cost                         # the seed ViT (28x28 digits), C4 and D4
+    python -m benchmarks.posthoc_cost --backbone resnet18 --image-size 96 --channels 3 --groups d4
 
 For each group the wrappers are built around the same random backbone, in eval mode, and timed on the same
 random batch in interleaved rounds (``--rounds``; the machine is shared and noisy, so the median per
@@ -18,15 +18,11 @@ import functools
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gevit.posthoc import (  # noqa: E402
+from gevit.posthoc import (
     LambdaAggregator,
     LearnedCanonicalization,
     MeanAggregator,

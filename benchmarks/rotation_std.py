@@ -1,8 +1,8 @@
 """The EqCvT paper's rotation-robustness figure: the standard deviation of the logits over 8 rotations by 45 degrees.
 
-    python benchmarks/rotation_std.py model=eqcvt data=lensing                      # random init, random images
-    python benchmarks/rotation_std.py --source val model=cvt data=rotmnist_mini     # random init, real digits
-    python benchmarks/rotation_std.py --ckpt RUN/checkpoints/last.ckpt --source val data=rotmnist_mini
+    python -m benchmarks.rotation_std model=eqcvt data=lensing                      # random init, random images
+    python -m benchmarks.rotation_std --source val model=cvt data=rotmnist_mini     # random init, real digits
+    python -m benchmarks.rotation_std --ckpt RUN/checkpoints/last.ckpt --source val data=rotmnist_mini
 
 For every image x the model (eval mode) gives the logits of R_k x, k = 0..7, where R_k rotates by 45 k degrees
 counter-clockwise (``gevit.rotations.rotate``: exact ``torch.rot90`` for multiples of 90, bilinear with zero
@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ANGLES = [45.0 * k for k in range(8)]
 

@@ -1,9 +1,9 @@
 """Time training steps (forward + backward + optimiser step) and eval forwards of any configured model.
 
-    python benchmarks/step_time.py                                  # the default ViT, batch 128
-    python benchmarks/step_time.py --batch 8 --steps 5 model=vit data=pcam
-    python benchmarks/step_time.py --threads 2 -- model.net.depth=12
-    python benchmarks/step_time.py --batch 8 --attention eager model=gevit     # GE-ViT's reference path
+    python -m benchmarks.step_time                                  # the default ViT, batch 128
+    python -m benchmarks.step_time --batch 8 --steps 5 model=vit data=pcam
+    python -m benchmarks.step_time --threads 2 -- model.net.depth=12
+    python -m benchmarks.step_time --batch 8 --attention eager model=gevit     # GE-ViT's reference path
 
 GE-ViT/GSA-Nets attention runs on the path ``--attention`` names (default ``auto``: the fused CPU kernel
 on the CPU, Triton on CUDA, eager when neither is available); the JSON line says which path ran
@@ -20,13 +20,9 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_model(overrides):
@@ -68,7 +64,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from gevit.layers.group_attention import select_backend, set_attention_backend
+    from gevit.layers.kernels.backend import select_backend, set_attention_backend
 
     set_attention_backend(args.attention)
     attention_path = select_backend(torch.empty(1, device=device))

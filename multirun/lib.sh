@@ -21,7 +21,7 @@ new_sweep_dir() { echo "${GEVIT_LOG_DIR:-logs}/$1/multiruns/$(date +%Y-%m-%d_%H-
 results_table() {
     local extra=()
     if [[ " ${ARGS[*]:-} " == *" logger=wandb "* ]]; then extra=(--wandb); fi
-    "$PY" scripts/results_table.py "$@" "${extra[@]}"
+    "$PY" -m scripts.results_table "$@" "${extra[@]}"
 }
 
 # One experiment's sweep: sets TASK (default: the experiment's name, + _smoke), SETTINGS (the experiment,

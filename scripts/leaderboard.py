@@ -1,7 +1,7 @@
 """The leaderboard of multirun/leaderboard.sh: one row per model family from the metrics.json of its runs.
 
-    python scripts/leaderboard.py SWEEP_DIR [--out docs/leaderboard.md] [--figure docs/leaderboard.png]
-    python scripts/leaderboard.py --check-run RUN_DIR OVERRIDE...   # multirun/leaderboard.sh: may RUN_DIR be reused?
+    python -m scripts.leaderboard SWEEP_DIR [--out docs/leaderboard.md] [--figure docs/leaderboard.png]
+    python -m scripts.leaderboard --check-run RUN_DIR OVERRIDE...   # multirun/leaderboard.sh: may RUN_DIR be reused?
 
 SWEEP_DIR holds one folder per family (its name is the row), each with one job folder per seed holding the
 metrics.json that train.py writes. Only completed runs count, and debug runs (fast_dev_run, limit_*_batches,
@@ -31,11 +31,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from any checkout or folder
-    sys.path.insert(0, str(REPO))
-
 
 DEBUG_KEYS = ("fast_dev_run", "limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")
 

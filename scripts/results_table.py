@@ -1,8 +1,8 @@
 """Turn the run directories of one or more sweeps into the write-ups' results table — never typed by hand.
 
-    python scripts/results_table.py logs/posthoc_rotmnist/multiruns/2026-11-25_10-00-00
-    python scripts/results_table.py SWEEP --rows model/aggregator --columns model.regime --metrics val/acc_best test/acc
-    python scripts/results_table.py SWEEP_A SWEEP_B --out docs/tables/gevit --wandb
+    python -m scripts.results_table logs/posthoc_rotmnist/multiruns/2026-11-25_10-00-00
+    python -m scripts.results_table SWEEP --rows model/aggregator --columns model.regime --metrics val/acc_best test/acc
+    python -m scripts.results_table SWEEP_A SWEEP_B --out docs/tables/gevit --wandb
 
 Every job directory below the given folders is one run: its ``metrics.json``, or, where a job failed before
 writing one, its Hydra folder (``.hydra/``); jobs a sweep planned (its ``multirun.yaml``) that never got a
@@ -39,12 +39,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # `python scripts/results_table.py` puts scripts/ on the path, not the repository with the packages.
-    sys.path.insert(0, str(REPO_ROOT))
-
-from runkit.naming import naming_overrides  # noqa: E402  (one definition of "what names a run")
+from runkit.naming import naming_overrides  # one definition of "what names a run"
 
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
 DEFAULT_COLUMN_KEYS = ("model.regime", "model.net.attention_window")

@@ -1,7 +1,7 @@
 """Print the sbatch file a Slurm sweep would submit, without submitting anything.
 
-    python scripts/sbatch_preview.py experiment=gevit_rotmnist model.group=p4,p8 seed=0,1,2 trainer=ddp
-    python scripts/sbatch_preview.py seed=0,1 --output job.sbatch
+    python -m scripts.sbatch_preview experiment=gevit_rotmnist model.group=p4,p8 seed=0,1,2 trainer=ddp
+    python -m scripts.sbatch_preview seed=0,1 --output job.sbatch
 
 Runs ``python train.py -m hydra/launcher=slurm <overrides>`` for real — Hydra, the sweeper,
 hydra-submitit-launcher and submitit build the job array exactly as they would on the cluster — up to the
@@ -23,8 +23,6 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # train.py imports the project's packages from the repository
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def main(argv: list[str] | None = None) -> None:

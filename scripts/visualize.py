@@ -1,12 +1,12 @@
 """Figures from trained checkpoints: rotation GIF, GE-ViT latents, attention maps, post-hoc view weights,
 accuracy under rotation of several runs.
 
-    python scripts/visualize.py rotation-gif --ckpt ViT=RUN_A/checkpoints/last.ckpt --ckpt GE-ViT=RUN_B/checkpoints/last.ckpt
-    python scripts/visualize.py latents --gevit-ckpt RUN_B/checkpoints/last.ckpt
-    python scripts/visualize.py attention --gevit-ckpt RUN_B/checkpoints/last.ckpt --vit-ckpt RUN_A/checkpoints/last.ckpt
-    python scripts/visualize.py view-weights --posthoc-ckpt RUN_C/checkpoints/last.ckpt
-    python scripts/visualize.py robustness --runs RUN_A "GE-ViT p4=RUN_B"
-    python scripts/visualize.py all --vit-ckpt ... --gevit-ckpt ... --posthoc-ckpt ... [--runs ...] [--wandb]
+    python -m scripts.visualize rotation-gif --ckpt ViT=RUN_A/checkpoints/last.ckpt --ckpt GE-ViT=RUN_B/checkpoints/last.ckpt
+    python -m scripts.visualize latents --gevit-ckpt RUN_B/checkpoints/last.ckpt
+    python -m scripts.visualize attention --gevit-ckpt RUN_B/checkpoints/last.ckpt --vit-ckpt RUN_A/checkpoints/last.ckpt
+    python -m scripts.visualize view-weights --posthoc-ckpt RUN_C/checkpoints/last.ckpt
+    python -m scripts.visualize robustness --runs RUN_A "GE-ViT p4=RUN_B"
+    python -m scripts.visualize all --vit-ckpt ... --gevit-ckpt ... --posthoc-ckpt ... [--runs ...] [--wandb]
 
 Checkpoints are rebuilt from the model config stored in them (runkit.checkpoint_loading.load_run). Images are
 digits of the validation split of the embedded RotMNIST-mini set, upright; the test split is never used.
@@ -29,14 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # `python scripts/visualize.py` puts scripts/ on the path, not the repository with the packages.
-    sys.path.insert(0, str(REPO_ROOT))
-
-from gevit.analysis import angles_every  # noqa: E402
-from runkit.wandb_logging import log_files  # noqa: E402
-from scripts.figures import (  # noqa: E402
+from gevit.analysis import angles_every
+from runkit.wandb_logging import log_files
+from scripts.figures import (
     LoadedModel,
     check_digit_shape,
     load_model,
@@ -51,8 +46,8 @@ from scripts.figures import (  # noqa: E402
     validation_digits,
     write_rotation_gif,
 )
-from scripts.figures.robustness import read_robustness_curve  # noqa: E402
-from scripts.figures.rotation_gif import rotation_summary  # noqa: E402
+from scripts.figures.robustness import read_robustness_curve
+from scripts.figures.rotation_gif import rotation_summary
 
 
 class MissingInput(SystemExit):

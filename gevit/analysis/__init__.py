@@ -1,6 +1,6 @@
 """Analysis maths behind the figures, as plain torch on bare networks (no Lightning, Hydra or plotting).
 
-- :mod:`~gevit.analysis.facts`: what a network is (:func:`model_facts`), from the objects themselves;
+- :mod:`~gevit.analysis.facts`: what a network is (:func:`model_facts`), as its class states it;
 - :mod:`~gevit.analysis.latents`: GE-ViT feature maps per layer and their equivariance errors;
 - :mod:`~gevit.analysis.attention`: group attention maps (received attention, centre neighbourhood) and
   ViT CLS attention with rollout;

@@ -1,8 +1,16 @@
-"""What a network is, read from the objects themselves (isinstance and attributes), in one place.
+"""What a network is, as its class states it, read in one place.
 
-Figures and scripts ask :func:`model_facts` instead of parsing class or config names: the family (GE-ViT
-or GSA-Nets from the attention layers' ``encoding``), the symmetry group, which attention maps it can
-return, and whether its post-hoc aggregator weighs the views.
+Figures and scripts ask :func:`model_facts` instead of parsing class or config names. Each network class
+states its own facts, so a new model family is its module (and its yaml) with nothing to change here:
+
+- class attributes ``model_kind`` (the family: ``gevit``, ``vit``, ``posthoc``, ``hybrid``, ...) and
+  ``attention_maps`` (``group``, ``tokens`` or None: which attention maps the network can return);
+- ``model_name`` and ``description``: a short label and one line for figure titles (attributes or
+  properties, e.g. GE-ViT or GSA-Nets from the attention layers' encoding);
+- ``group``: the :class:`~gevit.groups.Group` it is equivariant/invariant to, if any;
+- ``weighs_views``: a post-hoc aggregator with per-view weights (absent: False).
+
+A network that states no ``model_kind`` is of kind ``other``, named by its class.
 """
 
 from __future__ import annotations
@@ -13,23 +21,21 @@ from typing import Optional
 import torch.nn as nn
 
 from gevit.groups import Group
-from gevit.models.group_transformer import GroupTransformer
-from gevit.models.hybrid import HybridViT
-from gevit.models.vit import VisionTransformer
-from gevit.posthoc.wrapper import PostHocInvariant
+from gevit.posthoc.aggregators.base import aggregator_weighs_views
+
+__all__ = ["ModelFacts", "aggregator_weighs_views", "attention_window", "model_facts"]
 
 
 @dataclass(frozen=True)
 class ModelFacts:
     """Facts about a network.
 
-    ``kind``: ``gevit`` (a :class:`GroupTransformer`, GE-ViT or GSA-Nets), ``vit``
-    (:class:`VisionTransformer`), ``posthoc`` (:class:`PostHocInvariant`), ``hybrid`` (:class:`HybridViT`)
-    or ``other``. ``name``: a short label (``GE-ViT``, ``GSA-Nets``, ``ViT``, ``post-hoc lambda``, ...);
-    ``description``: one line for figure titles. ``group``: the group it is equivariant/invariant to, if
-    any. ``attention``: ``group`` (pixel-level group attention maps of a GroupTransformer), ``tokens``
-    (a ViT's token attention) or None. ``view_weights``: a post-hoc aggregator with per-view weights
-    (``aggregator.weights(embeddings)``).
+    ``kind``: ``gevit`` (a GroupTransformer, GE-ViT or GSA-Nets), ``vit`` (VisionTransformer), ``posthoc``
+    (PostHocInvariant), ``hybrid`` (HybridViT), another family's ``model_kind``, or ``other``. ``name``: a
+    short label (``GE-ViT``, ``GSA-Nets``, ``ViT``, ``post-hoc lambda``, ...); ``description``: one line for
+    figure titles. ``group``: the group it is equivariant/invariant to, if any. ``attention``: ``group``
+    (pixel-level group attention maps of a GroupTransformer), ``tokens`` (a ViT's token attention) or None.
+    ``view_weights``: a post-hoc aggregator with per-view weights (``aggregator.weights(embeddings)``).
     """
 
     kind: str
@@ -43,57 +49,21 @@ class ModelFacts:
 def attention_window(layer: nn.Module) -> Optional[int]:
     """Side k of a group attention layer's (``gevit.layers.group_attention``) k x k neighbourhood, or None for
     global attention."""
-    if layer.is_global:
-        return None
-    return int(getattr(layer, "attention_window", None) or layer.patch_size)
-
-
-def aggregator_weighs_views(aggregator: nn.Module) -> bool:
-    """Whether a post-hoc aggregator gives per-view weights ``weights(embeddings (B, |G|, D)) -> (B, |G|)``:
-    its class says so (``weighted_views``); classes that do not say, by having the method."""
-    return bool(getattr(type(aggregator), "weighted_views", callable(getattr(aggregator, "weights", None))))
-
-
-def _group_transformer_name(net: GroupTransformer) -> str:
-    return net.attention_layers()[0].encoding.family
-
-
-def _reach(net: GroupTransformer) -> str:
-    window = attention_window(net.attention_layers()[0])
-    return "global" if window is None else f"{window}x{window} local"
+    return layer.attention_window
 
 
 def model_facts(net: nn.Module) -> ModelFacts:
     """The :class:`ModelFacts` of ``net`` (a bare network, not a LightningModule)."""
-    if isinstance(net, GroupTransformer):
-        name = _group_transformer_name(net)
-        return ModelFacts("gevit", name, f"{name} {net.group.name}, {_reach(net)} attention", net.group, "group")
-    if isinstance(net, VisionTransformer):
-        patch = net.patch_embed.patch_size
-        return ModelFacts(
-            "vit",
-            "ViT",
-            f"ViT, {len(net.blocks)} blocks, {net.embed_dim}-d, {patch}x{patch} patches",
-            attention="tokens",
-        )
-    if isinstance(net, PostHocInvariant):
-        aggregator = net.aggregator
-        backbone = type(getattr(net.backbone, "model", net.backbone)).__name__
-        return ModelFacts(
-            "posthoc",
-            f"post-hoc {aggregator.name}",
-            f"post-hoc {aggregator.name} over {net.group.name} on {backbone}",
-            net.group,
-            view_weights=aggregator_weighs_views(aggregator),
-        )
-    if isinstance(net, HybridViT):
-        inner = net.vit
-        return ModelFacts(
-            "hybrid",
-            f"hybrid {_group_transformer_name(inner)}",
-            f"hybrid: {net.stem_kind} stem -> {_group_transformer_name(inner)} {inner.group.name}, "
-            f"{_reach(inner)} attention on {net.artificial_size}x{net.artificial_size}",
-            inner.group,
-        )
     group = getattr(net, "group", None)
-    return ModelFacts("other", type(net).__name__, type(net).__name__, group if isinstance(group, Group) else None)
+    group = group if isinstance(group, Group) else None
+    kind = getattr(type(net), "model_kind", None)
+    if kind is None:
+        return ModelFacts("other", type(net).__name__, type(net).__name__, group)
+    return ModelFacts(
+        kind,
+        net.model_name,
+        net.description,
+        group,
+        attention=getattr(type(net), "attention_maps", None),
+        view_weights=bool(getattr(net, "weighs_views", False)),
+    )

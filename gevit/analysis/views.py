@@ -10,14 +10,13 @@ from typing import Callable, Optional
 
 import torch
 
-from gevit.analysis.facts import aggregator_weighs_views
 from gevit.analysis.latents import element_name, quarter_turn_element
 from gevit.posthoc.wrapper import PostHocInvariant
 
 
 def has_view_weights(net: PostHocInvariant) -> bool:
     """Whether the aggregator of ``net`` weighs the views (has a ``weights(embeddings)`` method)."""
-    return aggregator_weighs_views(net.aggregator)
+    return net.weighs_views
 
 
 @torch.no_grad()

@@ -37,8 +37,9 @@ Fused kernels. The eager code above is the reference; by default each layer runs
 never materialises the logits (``gevit/layers/kernels``): a C++/OpenMP kernel on the CPU (float32 and
 float64) and a Triton kernel on CUDA, selected per call from the input's device, with the eager path as
 the fallback when a kernel is unavailable (one log line says which path runs). Choose with the
-environment variable ``GEVIT_ATTENTION=auto|eager|cpu|triton``, :func:`set_attention_backend`, or a
-layer's ``backend`` attribute. ``return_attention=True`` always runs the eager path (it returns the
+environment variable ``GEVIT_ATTENTION=auto|eager|cpu|triton``,
+:func:`gevit.layers.kernels.backend.set_attention_backend`, or a layer's ``backend`` attribute (the choice
+lives in :mod:`gevit.layers.kernels.backend`). ``return_attention=True`` always runs the eager path (it returns the
 probabilities). Inside the kernels attention dropout acts on the summed probabilities too, drawn from
 a counter-based generator seeded from torch's RNG, so ``torch.manual_seed`` makes runs reproducible.
 """
@@ -47,78 +48,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gevit import openmp
 from gevit.groups import Group, get_group
 from gevit.layers.encodings import PositionalEncoding, get_encoding
+from gevit.layers.kernels.backend import select_backend
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "eager", "cpu", "triton")
-_backend_override: Optional[str] = None
-_announced: set = set()
-
-
-def set_attention_backend(name: Optional[str]) -> None:
-    """Process-wide choice of the attention path (``None``: back to ``$GEVIT_ATTENTION`` / ``auto``)."""
-    global _backend_override
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
-    _backend_override = name
-
-
-def requested_backend(layer_choice: Optional[str] = None) -> str:
-    name = layer_choice or _backend_override or os.environ.get("GEVIT_ATTENTION", "auto")
-    if name not in BACKENDS:
-        raise ValueError(f"GEVIT_ATTENTION must be one of {BACKENDS}, got {name!r}")
-    return name
-
-
-def _announce(path: str, detail: str, warn: bool = False, message: Optional[str] = None) -> None:
-    if path not in _announced:
-        _announced.add(path)
-        (log.warning if warn else log.info)(message or f"GE-ViT attention runs on the {path} path{detail}")
-
-
-def select_backend(x: torch.Tensor, layer_choice: Optional[str] = None) -> str:
-    """``eager``, ``cpu`` or ``triton`` for an input ``x`` (see the module docstring)."""
-    name = requested_backend(layer_choice)
-    if name == "eager":
-        _announce("eager", " (requested)")
-        return "eager"
-    if x.dtype not in (torch.float32, torch.float64):
-        return "eager"
-    if name == "triton" or (name == "auto" and x.device.type == "cuda"):
-        from gevit.layers.kernels import triton_attention
-
-        if triton_attention.available(x.device):
-            _announce("triton", f" (fused Triton kernel on {x.device.type})")
-            return "triton"
-        if name == "triton":
-            raise RuntimeError(f"the Triton attention kernel is not available: {triton_attention.unavailable_reason()}")
-        _announce(
-            "eager", f": no Triton kernel for {x.device.type} ({triton_attention.unavailable_reason()})", warn=True
-        )
-        return "eager"
-    if x.device.type != "cpu":
-        return "eager"
-    from gevit.layers.kernels import cpu
-
-    if cpu.load() is not None:
-        _announce("cpu", " (fused C++ kernel, %d threads)" % torch.get_num_threads())
-        if torch.get_num_threads() > 1 and openmp.spinning_note():
-            _announce("spinning", "", warn=True, message=f"GE-ViT attention: {openmp.spinning_note()}")
-        return "cpu"
-    if name == "cpu":
-        raise RuntimeError(f"the fused CPU attention kernel could not be built: {cpu.build_error()}")
-    _announce("eager", " (the fused CPU kernel is unavailable)", warn=True)
-    return "eager"
 
 
 class Swish(nn.Module):
@@ -219,6 +159,11 @@ class _GroupAttentionBase(nn.Module):
         self._table_cache: dict = {}
         # Logits per chunk of query rows: bounds the memory of large batches (0: never chunk).
         self.chunk_elements = 1 << 26
+
+    @property
+    def attention_window(self) -> Optional[int]:
+        """Side k of the k x k neighbourhood each query attends to, or None for global attention."""
+        return None if self.is_global else self.patch_size
 
     def spatial_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row/column encodings of every acted offset: two (|G|, k*k, pos_channels) tensors.

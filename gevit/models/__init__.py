@@ -1,5 +1,5 @@
-"""Networks of gevit (one module per family). Importing this package registers every model with
-:mod:`gevit.registry` (``gevit.create_model(name)``)."""
+"""Networks of gevit (one module per family), each a class built in a notebook as ``gevit.models.HybridViT(...)``
+and by a config through its ``_target_`` (``conf/model/*.yaml``)."""
 
 from gevit.models.eqcvt import CvT, EqCvT, SymmetricConv2d
 from gevit.models.group_transformer import GroupTransformer, convert_official_state_dict, load_official_weights

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 
 from gevit.groups import Group, get_group
 from gevit.layers.common import ChannelLayerNorm
-from gevit.registry import register_model
 
 GROUPS = ("p4", "p4m")  # canonical names; any spelling of gevit.groups is accepted (c4, C4, d4, D4, ...)
 
@@ -501,15 +500,3 @@ class EqCvT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cvt(self.invariant_fields(x))
-
-
-@register_model("eqcvt")
-def eqcvt(**kwargs) -> EqCvT:
-    """EqCvT (defaults: the exactly invariant variant at 129x129x1, 2 classes; ``invariant=False``: published)."""
-    return EqCvT(**kwargs)
-
-
-@register_model("cvt")
-def cvt(**kwargs) -> CvT:
-    """The plain single-stage CvT baseline (EqCvT without its escnn block; ``invariant=True`` also available)."""
-    return CvT(**kwargs)

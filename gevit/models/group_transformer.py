@@ -13,10 +13,10 @@ choices are invariant, so with ``encoding="gevit"`` the logits are exactly invar
 90-degree rotations (and mirrors) contained in the group, provided every feature map keeps an even
 size before each max-pool (true for the official configurations).
 
-Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attention_window=5)`` or
-``gevit.create_model("gevit", group="p4", attention_window=5)`` (defaults are the official rotMNIST
-configuration: 44,428 parameters for p4 with 5x5 neighbourhoods). The official code calls the attention
-window ``patch_size``; here ``patch_size`` is only the ViT's patch embedding.
+Use it from a notebook with ``gevit.models.GroupTransformer(group="p4", attention_window=5)`` (GSA-Nets:
+``encoding="gsanet"``; defaults are the official rotMNIST configuration: 44,428 parameters for p4 with 5x5
+neighbourhoods). The official code calls the attention window ``patch_size``; here ``patch_size`` is only
+the ViT's patch embedding.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from gevit.layers.blocks import ChannelLinear, GroupTransformerBlock, make_activ
 from gevit.layers.common import per_item
 from gevit.layers.encodings import get_encoding
 from gevit.layers.group_attention import LiftingSelfAttention, PositionMLP
-from gevit.registry import register_model
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,10 @@ class GroupTransformer(nn.Module):
             (official): ``num_channels // 2``. Its keys and values are affine in the input pixels, so a
             few channels per head express what many do.
     """
+
+    # What gevit.analysis.model_facts reads (with model_name, description and group below).
+    model_kind = "gevit"
+    attention_maps = "group"  # forward(x, return_intermediates=True): every attention layer's probabilities
 
     def __init__(
         self,
@@ -227,6 +230,21 @@ class GroupTransformer(nn.Module):
         lifting = [] if self.lifting is None else [self.lifting]
         return lifting + [layer.attention for layer in self.transformer if isinstance(layer, GroupTransformerBlock)]
 
+    @property
+    def model_name(self) -> str:
+        """``GE-ViT`` or ``GSA-Nets``: the family of the attention layers' positional encoding."""
+        return self.attention_layers()[0].encoding.family
+
+    @property
+    def attention_reach(self) -> str:
+        """``global`` or ``kxk local``: what each query of the attention layers sees."""
+        window = self.attention_layers()[0].attention_window
+        return "global" if window is None else f"{window}x{window} local"
+
+    @property
+    def description(self) -> str:
+        return f"{self.model_name} {self.group.name}, {self.attention_reach} attention"
+
     def forward_features(self, x: torch.Tensor, return_intermediates: bool = False):
         """(B, C, H, W) (``lifting=False``: (B, C, |G|, H, W)) -> (B, num_features, |G|, h, w) before the
         head; with ``return_intermediates`` also ``{"features": [...], "attention": [...]}``: the lifting
@@ -277,18 +295,6 @@ class GroupTransformer(nn.Module):
         """Load weights saved by the official GE-ViT / GSA-Nets code (see :func:`load_official_weights`);
         what ``model.init_from=FILE`` calls."""
         return load_official_weights(self, path)
-
-
-@register_model("gevit")
-def gevit(**kwargs) -> GroupTransformer:
-    """GE-ViT: group self-attention with the equivariant positional encoding."""
-    return GroupTransformer(**{**kwargs, "encoding": "gevit"})
-
-
-@register_model("gsanet")
-def gsanet(**kwargs) -> GroupTransformer:
-    """GSA-Nets: the same network with the original (not exactly equivariant) positional encoding."""
-    return GroupTransformer(**{**kwargs, "encoding": "gsanet"})
 
 
 # ---- weights trained with the official code ----------------------------------------------------------

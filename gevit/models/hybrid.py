@@ -48,9 +48,9 @@ square grid, which needs its sampling grid to map onto itself:
   flag is copied to :attr:`HybridViT.exactly_invariant`). On an odd artificial image (7x7) use a single
   block (``block_sizes=[k]``) so that it never pools.
 
-Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` or ``gevit.create_model("hybrid", group="p4")``
-(defaults: the original design on RotMNIST: escnn stem, scalar handover, GE-ViT with four 5x5-attention layers
-on 7x7; ``attention_window=None`` for global). ``conf/model/hybrid.yaml`` holds the tuned architecture
+Use it from a notebook with ``gevit.models.HybridViT(group="p4")`` (defaults: the original design on RotMNIST:
+escnn stem, scalar handover, GE-ViT with four 5x5-attention layers on 7x7; ``attention_window=None`` for
+global). ``conf/model/hybrid.yaml`` holds the tuned architecture
 (regular handover, two 3x3 group layers), ``experiment=hybrid_rotmnist_mini`` its training (docs/hybrid.md).
 """
 
@@ -66,7 +66,6 @@ from gevit.groups import Group, get_group
 from gevit.layers.blocks import GroupTransformerBlock
 from gevit.layers.common import ChannelLayerNorm, per_item
 from gevit.models.group_transformer import GroupTransformer
-from gevit.registry import register_model
 
 STEMS = ("escnn", "patch_embed")
 DOWNSAMPLES = ("avg", "max", "antialiased")
@@ -199,6 +198,10 @@ class HybridViT(nn.Module):
             ``"global"`` for global attention).
     """
 
+    # What gevit.analysis.model_facts reads (with model_name, description and group below).
+    model_kind = "hybrid"
+    attention_maps = None
+
     def __init__(
         self,
         group: str = "p4",
@@ -266,6 +269,23 @@ class HybridViT(nn.Module):
         )
         self.exactly_invariant = self.vit.exactly_invariant
 
+    @property
+    def group(self) -> Group:
+        """The group of the stem and of GE-ViT."""
+        return self.vit.group
+
+    @property
+    def model_name(self) -> str:
+        return f"hybrid {self.vit.model_name}"
+
+    @property
+    def description(self) -> str:
+        size = self.artificial_size
+        return (
+            f"hybrid: {self.stem_kind} stem -> {self.vit.model_name} {self.group.name}, "
+            f"{self.vit.attention_reach} attention on {size}x{size}"
+        )
+
     def artificial_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, D, s, s) invariant values (``handover="scalar"``) or (B, D, |G|, s, s) regular
         fields (``"regular"``), on a grid that rotates with the input."""
@@ -301,9 +321,3 @@ def _pairs(size: int, k: int) -> int:
     r = k // 2
     per_axis = sum(min(size - 1, i + r) - max(0, i - r) + 1 for i in range(size))
     return per_axis * per_axis
-
-
-@register_model("hybrid")
-def hybrid(**kwargs) -> HybridViT:
-    """Hybrid ViT: invariant escnn (or orbit-averaged patch) stem -> GE-ViT on the small artificial image."""
-    return HybridViT(**kwargs)

@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gevit.registry import register_model
-
 
 class PatchEmbed(nn.Module):
     """Cut (B, C, H, W) into non-overlapping p x p patches and project each to ``embed_dim``.
@@ -117,6 +115,11 @@ class VisionTransformer(nn.Module):
     logits, ``embed_dim`` is D.
     """
 
+    # What gevit.analysis.model_facts reads (with model_name and description below).
+    model_kind = "vit"
+    attention_maps = "tokens"  # forward_features(x, return_attention=True): the token attention of every block
+    model_name = "ViT"
+
     def __init__(
         self,
         image_size: int = 28,
@@ -155,18 +158,17 @@ class VisionTransformer(nn.Module):
                 x = block(x)
         return (x, attentions) if return_attention else x
 
+    @property
+    def description(self) -> str:
+        patch = self.patch_embed.patch_size
+        return f"ViT, {len(self.blocks)} blocks, {self.embed_dim}-d, {patch}x{patch} patches"
+
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         cls = tokens[:, 0]
         return cls if pre_logits else self.head(cls)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-@register_model("vit")
-def vit(**kwargs) -> VisionTransformer:
-    """The post-hoc experiments' ViT (defaults above)."""
-    return VisionTransformer(**kwargs)
 
 
 def convert_peer_vit_state_dict(state_dict: dict) -> dict:

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from gevit.groups import Group
-from gevit.posthoc.aggregators.base import AggregatorFactory, complete_aggregator
+from gevit.posthoc.aggregators.base import AggregatorFactory, aggregator_weighs_views, complete_aggregator
 from gevit.posthoc.backbones import Backbone
 from gevit.posthoc.views import GroupViews
 
@@ -57,6 +57,10 @@ class PostHocInvariant(nn.Module):
             pooling of the transformed map) or ``backbone`` (the backbone's pooling as is — the original
             EquiAttention / equivariant λ-equitune; **not invariant** unless that pooling is; warns).
     """
+
+    # What gevit.analysis.model_facts reads (with model_name, description, group and weighs_views below).
+    model_kind = "posthoc"
+    attention_maps = None
 
     def __init__(
         self,
@@ -103,6 +107,20 @@ class PostHocInvariant(nn.Module):
     @property
     def group(self) -> Group:
         return self.views.group
+
+    @property
+    def model_name(self) -> str:
+        return f"post-hoc {self.aggregator.name}"
+
+    @property
+    def description(self) -> str:
+        backbone = type(getattr(self.backbone, "model", self.backbone)).__name__
+        return f"{self.model_name} over {self.group.name} on {backbone}"
+
+    @property
+    def weighs_views(self) -> bool:
+        """Whether the aggregator gives per-view weights (``aggregator.weights(embeddings)``)."""
+        return aggregator_weighs_views(self.aggregator)
 
     def view_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (features (B, |G|, ...), embeddings (B, |G|, D)) with one backbone call."""

@@ -23,6 +23,7 @@ from gevit.analysis import (
     view_weights,
     vit_cls_attention,
 )
+from gevit.groups import get_group
 from gevit.models import GroupTransformer, HybridViT, VisionTransformer
 from gevit.posthoc.aggregators.lambda_equitune import LambdaAggregator
 from gevit.posthoc.aggregators.mean import MeanAggregator
@@ -221,6 +222,25 @@ def test_model_facts_come_from_the_objects():
     )
     assert hybrid.kind == "hybrid" and hybrid.group.name == "p4" and hybrid.name == "hybrid GE-ViT"
     assert model_facts(nn.Linear(2, 2)).kind == "other"
+
+
+def test_a_new_family_states_its_facts_on_its_class():
+    class Rot90Pooled(nn.Module):
+        model_kind, attention_maps, model_name = "rot90_pooled", None, "rot90-pooled"
+        group = get_group("p4")
+
+        @property
+        def description(self) -> str:
+            return f"{self.model_name} over {self.group.name}"
+
+    facts = model_facts(Rot90Pooled())
+    assert (facts.kind, facts.name, facts.description, facts.group.name) == (
+        "rot90_pooled",
+        "rot90-pooled",
+        "rot90-pooled over p4",
+        "p4",
+    )
+    assert (facts.attention, facts.view_weights) == (None, False)
 
 
 def test_the_analysis_package_imports_no_lightning_hydra_or_plotting():

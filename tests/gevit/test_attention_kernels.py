@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gevit.groups import get_group
-from gevit.layers import GroupSelfAttention, LiftingSelfAttention, group_attention
+from gevit.layers import GroupSelfAttention, LiftingSelfAttention
+from gevit.layers.kernels import backend as attention_backend
 from gevit.layers.kernels import cpu
 
 pytestmark = pytest.mark.skipif(cpu.load() is None, reason=f"the CPU kernel cannot be built: {cpu.build_error()}")
@@ -164,13 +165,13 @@ def test_network_logits_are_invariant_on_every_path(backend):
 
     net = random_net("p4m")
     x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
-    group_attention.set_attention_backend(backend)
+    attention_backend.set_attention_backend(backend)
     try:
         logits = net(x)
         for transformed in (torch.rot90(x, 1, (-2, -1)), torch.flip(x, (-1,))):
             assert ((net(transformed) - logits).norm() / logits.norm()).item() < 1e-10
     finally:
-        group_attention.set_attention_backend(None)
+        attention_backend.set_attention_backend(None)
 
 
 def test_in_kernel_dropout_is_reproducible_and_unbiased():
@@ -191,23 +192,22 @@ def test_in_kernel_dropout_is_reproducible_and_unbiased():
 
 def test_official_checkpoint_runs_fused_and_matches_eager(shared_data, caplog):
     """Trained weights on rotated digits never trip the underflow guard; logits match the eager path."""
-    import gevit
-    from gevit.models import load_official_weights
+    from gevit.models import GroupTransformer, load_official_weights
     from gevit.rotations import rotate
     from tests.support.mnist_digits import mnist_test_digits
 
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4"), shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
+        GroupTransformer(group="p4"), shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt"
     ).eval()
     images, _ = mnist_test_digits()
     angles = torch.rand(4, generator=torch.Generator().manual_seed(0)) * 360
     x = (rotate(images[:4], angles).transpose(-1, -2) - 0.1307) / 0.3081
     with torch.no_grad(), caplog.at_level(logging.WARNING):
-        group_attention.set_attention_backend("cpu")
+        attention_backend.set_attention_backend("cpu")
         fused = net(x)
-        group_attention.set_attention_backend("eager")
+        attention_backend.set_attention_backend("eager")
         eager = net(x)
-        group_attention.set_attention_backend(None)
+        attention_backend.set_attention_backend(None)
     assert "underflow" not in caplog.text
     assert ((fused - eager).norm() / eager.norm()).item() < 1e-5
 
@@ -229,8 +229,8 @@ def test_fallback_when_the_kernel_is_unavailable(monkeypatch, caplog):
     x = torch.randn(1, 3, 4, 5, 5, dtype=torch.float64)
     monkeypatch.setattr(cpu, "load", lambda verbose=False: None)
     monkeypatch.setattr(cpu, "build_error", lambda: "simulated: no compiler")
-    monkeypatch.setattr(group_attention, "_announced", set())
-    with caplog.at_level(logging.INFO, logger="gevit.layers.group_attention"):
+    monkeypatch.setattr(attention_backend, "_announced", set())
+    with caplog.at_level(logging.INFO, logger="gevit.layers.kernels.backend"):
         out = layer(x)
     assert "eager path" in caplog.text and "unavailable" in caplog.text
     assert torch.allclose(out, run(layer, x, "eager"))

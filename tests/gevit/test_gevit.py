@@ -38,8 +38,8 @@ def random_net(group, encoding="gevit", **overrides):
 
 
 def test_official_rotmnist_parameter_count():
-    assert sum(p.numel() for p in gevit.create_model("gevit").parameters()) == 44_428
-    assert sum(p.numel() for p in gevit.create_model("gsanet").parameters()) == 44_428
+    assert sum(p.numel() for p in GroupTransformer().parameters()) == 44_428
+    assert sum(p.numel() for p in GroupTransformer(encoding="gsanet").parameters()) == 44_428
 
 
 @pytest.mark.parametrize("group", ["p4", "p8", "p12", "p16", "p4m"])
@@ -55,7 +55,7 @@ def test_gevit_logits_are_exactly_rot90_invariant(group):
 
 
 def test_official_rotmnist_config_is_invariant_at_28x28():
-    net = gevit.create_model("gevit").double().eval()
+    net = GroupTransformer().double().eval()
     x = torch.randn(1, 1, 28, 28, dtype=torch.float64)
     assert rel_error(net(torch.rot90(x, 1, (-2, -1))), net(x)) < 1e-10
 
@@ -65,7 +65,7 @@ def test_p4_is_not_flip_invariant_and_gsanet_is_not_rot90_invariant():
     ge = random_net("p4")
     assert rel_error(ge(torch.flip(x, (-1,))), ge(x)) > 1e-3  # a mirror is not in p4
     torch.manual_seed(0)
-    gsa = gevit.create_model("gsanet").double().eval()  # official rotMNIST configuration
+    gsa = GroupTransformer(encoding="gsanet").double().eval()  # official rotMNIST configuration
     x = torch.randn(1, 1, 28, 28, dtype=torch.float64)
     error = rel_error(gsa(torch.rot90(x, 1, (-2, -1))), gsa(x))
     assert error > 1e-4, error  # the GSA-Nets flaw, reproduced (the original measured 2-3e-3)
@@ -123,7 +123,7 @@ def _rotated_digits(n):
 def test_official_p4_checkpoint_converts_and_classifies(shared_data):
     """Fast check of the conversion (the full reference below is marked slow)."""
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4", attention_window=5),
+        GroupTransformer(group="p4", attention_window=5),
         shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt",
     ).eval()
     images, labels = _rotated_digits(40)
@@ -138,7 +138,7 @@ def test_official_p4_checkpoint_computes_the_original_function(shared_data):
     """Reference measured with the original code on the first 400 MNIST test digits rotated at random:
     55.75 % as they are, 81.50 % transposed (the orientation of the RotMNIST files it was trained on)."""
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4", attention_window=5),
+        GroupTransformer(group="p4", attention_window=5),
         shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt",
     ).eval()
     images, labels = _rotated_digits(400)
@@ -148,7 +148,7 @@ def test_official_p4_checkpoint_computes_the_original_function(shared_data):
 
 def test_official_p4m_checkpoint_converts_into_an_exact_model(shared_data):
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
+        GroupTransformer(group="p4m", attention_window=5, num_classes=2),
         shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt",
     ).eval()
     x = torch.randn(1, 1, 28, 28)
@@ -163,7 +163,7 @@ def test_official_p4m_checkpoint_loads_into_the_corrected_model(shared_data):
     """The shared p4m weights are a 3-vs-8 classifier (its head has 2 outputs). The original p4m code is
     not exactly invariant; loaded into our exact model the weights still separate rotated 3s from 8s."""
     net = load_official_weights(
-        gevit.create_model("gevit", group="p4m", attention_window=5, num_classes=2),
+        GroupTransformer(group="p4m", attention_window=5, num_classes=2),
         shared_data / "checkpoints" / "official_gevit_rotmnist_p4m_k5.pt",
     ).eval()
     images, labels = _rotated_digits(400)
@@ -174,7 +174,7 @@ def test_official_p4m_checkpoint_loads_into_the_corrected_model(shared_data):
 
 
 def test_official_checkpoint_of_another_config_is_a_clear_error(shared_data):
-    net = gevit.create_model("gevit", group="p4", attention_window=5, num_channels=12)
+    net = GroupTransformer(group="p4", attention_window=5, num_channels=12)
     with pytest.raises(ValueError, match="does not match this GroupTransformer configuration"):
         load_official_weights(net, shared_data / "checkpoints" / "official_gevit_rotmnist_p4_k5.pt")
 
@@ -192,7 +192,7 @@ def test_model_init_from_loads_official_weights(shared_data):
         input_mean=[0.1307],
         input_std=[0.3081],
     ).eval()
-    reference = load_official_weights(gevit.create_model("gevit"), path).eval()
+    reference = load_official_weights(GroupTransformer(), path).eval()
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(module(x), reference((x - 0.1307) / 0.3081), atol=1e-5)

@@ -123,9 +123,9 @@ def test_regular_handover_is_equivariant_and_feeds_the_group_layers(group):
 
 def test_default_models_and_parameter_counts():
     torch.manual_seed(0)
-    rotmnist = gevit.create_model("hybrid", group="p4")
-    patch = gevit.create_model("hybrid", group="p4", stem="patch_embed")
-    reference = gevit.create_model("gevit", group="p4")
+    rotmnist = gevit.models.HybridViT(group="p4")
+    patch = gevit.models.HybridViT(group="p4", stem="patch_embed")
+    reference = gevit.models.GroupTransformer(group="p4")
     counts = {"hybrid-escnn": n_params(rotmnist), "hybrid-patch_embed": n_params(patch), "gevit": n_params(reference)}
     print("parameters:", counts, "attention pairs:", attention_pairs(rotmnist), "vs", attention_pairs(reference))
     assert rotmnist.artificial_size == patch.artificial_size == 7

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts import leaderboard
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-import leaderboard  # noqa: E402
 
 
 def write_run(

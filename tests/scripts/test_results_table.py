@@ -110,7 +110,11 @@ def test_a_folder_without_runs_is_a_clear_error(tmp_path):
 
 def test_command_line(sweep):
     done = subprocess.run(
-        [sys.executable, "scripts/results_table.py", str(sweep)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "scripts.results_table", str(sweep)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "| aggregator |" in done.stdout and (sweep / "results.md").is_file()
@@ -187,7 +191,7 @@ def test_the_same_run_twice_is_refused(sweep, tmp_path):
     with pytest.raises(ValueError, match="again .*given twice"):
         main([str(sweep), str(sweep / "fixed"), "--out", str(tmp_path / "table")])
     done = subprocess.run(
-        [sys.executable, "scripts/results_table.py", str(sweep), str(copy)],
+        [sys.executable, "-m", "scripts.results_table", str(sweep), str(copy)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -297,7 +297,8 @@ def test_cli_all_writes_every_figure(runs, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
     cmd = [
         sys.executable,
-        "scripts/visualize.py",
+        "-m",
+        "scripts.visualize",
         "all",
         "--vit-ckpt",
         str(last_ckpt(runs["vit"])),

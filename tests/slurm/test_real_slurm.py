@@ -91,7 +91,7 @@ def test_an_array_runs_and_a_failing_job_says_so_in_exit_code_metrics_and_table(
             assert status == "completed", overrides
 
     table = subprocess.run(
-        [sys.executable, "scripts/results_table.py", str(sweep), "--metrics", "test/acc"],
+        [sys.executable, "-m", "scripts.results_table", str(sweep), "--metrics", "test/acc"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -122,11 +122,14 @@ def test_every_experiment_runs_fast_dev_run(name, data_fixtures, tmp_path):
     assert objects["datamodule"].test_loader_calls == 1
 
 
-def test_unknown_option_in_a_group_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("group, an_option", [("data", "rotmnist"), ("model", "gevit")])
+def test_unknown_option_in_a_group_is_a_clear_error(tmp_path, group, an_option):
+    """An unknown choice names itself and lists the group's options (model=: the one way to pick a network)."""
     from hydra.errors import MissingConfigException
 
-    with pytest.raises(MissingConfigException, match="data/nope"):
-        compose_config(["data=nope"], tmp_path)
+    with pytest.raises(MissingConfigException, match=f"{group}/nope") as error:
+        compose_config([f"{group}=nope"], tmp_path)
+    assert f"Available options in '{group}'" in str(error.value) and an_option in str(error.value)
 
 
 def test_hydra_outputs_stay_out_of_multirun_folder():

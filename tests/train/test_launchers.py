@@ -62,7 +62,7 @@ def test_a_cpu_partition_asks_for_no_gpu_and_one_task_per_device(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "GEVIT_SLURM_GPUS": "0", "GEVIT_SLURM_CPUS": "2"}
     record = tmp_path / "job.sbatch"
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    cmd = [sys.executable, "scripts/sbatch_preview.py", "--output", str(record), f"paths.log_dir={tmp_path}", *ddp]
+    cmd = [sys.executable, "-m", "scripts.sbatch_preview", "--output", str(record), f"paths.log_dir={tmp_path}", *ddp]
     done = subprocess.run([*cmd, "seed=0,1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     sbatch = record.read_text()
@@ -182,7 +182,8 @@ def test_slurm_launcher_generates_the_expected_sbatch_file(tmp_path):
     # the real launcher and executor, stopped where submitit would call sbatch (no cluster needed)
     cmd = [
         sys.executable,
-        "scripts/sbatch_preview.py",
+        "-m",
+        "scripts.sbatch_preview",
         "--output",
         str(record),
         "trainer=ddp",

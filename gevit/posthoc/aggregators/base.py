@@ -67,6 +67,12 @@ class Aggregator(nn.Module):
 AggregatorFactory = Union[Aggregator, Callable[..., Aggregator]]
 
 
+def aggregator_weighs_views(aggregator: nn.Module) -> bool:
+    """Whether a post-hoc aggregator gives per-view weights ``weights(embeddings (B, |G|, D)) -> (B, |G|)``:
+    its class says so (``weighted_views``); classes that do not say, by having the method."""
+    return bool(getattr(type(aggregator), "weighted_views", callable(getattr(aggregator, "weights", None))))
+
+
 def complete_aggregator(factory: AggregatorFactory, **facts: Any) -> Aggregator:
     """Build an aggregator from ``factory`` — an :class:`Aggregator` (returned as is), a class or a
     partial (``hydra.utils.instantiate`` of a ``_partial_: true`` config) — passing it those of the
