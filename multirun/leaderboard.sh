@@ -10,14 +10,19 @@
 #   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs
 #   hybrid_p4, hybrid_p4m  experiment=hybrid_rotmnist_mini (regular handover, AdamW 1e-2)     HYBRID_EPOCHS (20)
-#   gevit          experiment=gevit_rotmnist_mini (p4, 19,890 parameters)                   GEVIT_EPOCHS (15)
-#   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (15)
+#   gevit          experiment=gevit_rotmnist_mini (p4, batch norm, Adam 1e-2)               GEVIT_EPOCHS (20)
+#   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (20)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
-#                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  POSTHOC_EPOCHS (5)
+#                  (mean; nothing trained), aggregator_only with POSTHOC_LEARNED (lambda)  POSTHOC_EPOCHS (3)
 #   upright_*      MNIST -> rotated (data.variant=upright_train: train/val upright, test rotated): a ViT
 #                  (10 epochs), its post-hoc wrappers as above and canonicalization with the prior
 #                  (canonicalization_prior: the data are upright; aggregator_only, POSTHOC_EPOCHS)
+# Every run's accuracy-vs-angle curve: every 15 degrees on the first CURVE_SAMPLES (500) test images.
 # Time per run and for the whole table: docs/leaderboard.md (measured with the command it names).
+# On a machine with two cores, two seeds at a time with one thread each use them better than one run on both:
+#   for s in 0 1; do SEEDS=$s OMP_NUM_THREADS=1 taskset -c $s bash multirun/leaderboard.sh & done; wait
+#   SEEDS=2 LEADERBOARD_DIR=<the same folder> bash multirun/leaderboard.sh   # then the table of all three
+# (give both the same LEADERBOARD_DIR; each call writes the table of what has completed so far).
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
@@ -32,14 +37,14 @@
 source "$(dirname "$0")/lib.sh" "$@"
 # the command as run, with the budget variables that were set (the table says what it measured)
 SETTINGS=""
-for var in SEEDS GEVIT_EPOCHS HYBRID_EPOCHS POSTHOC_EPOCHS POSTHOC_ZERO_SHOT POSTHOC_LEARNED; do
+for var in SEEDS GEVIT_EPOCHS HYBRID_EPOCHS POSTHOC_EPOCHS POSTHOC_ZERO_SHOT POSTHOC_LEARNED CURVE_SAMPLES; do
     if [[ -n "${!var:-}" ]]; then SETTINGS+="$var=${!var} "; fi
 done
 TASK=leaderboard
 GRID_SEEDS="${SEEDS:-0,1,2}"
-GEVIT_EPOCHS="${GEVIT_EPOCHS:-15}"
+GEVIT_EPOCHS="${GEVIT_EPOCHS:-20}"
 HYBRID_EPOCHS="${HYBRID_EPOCHS:-20}"
-POSTHOC_EPOCHS="${POSTHOC_EPOCHS:-5}"
+POSTHOC_EPOCHS="${POSTHOC_EPOCHS:-3}"
 ZERO_SHOT="${POSTHOC_ZERO_SHOT:-mean}"
 LEARNED="${POSTHOC_LEARNED:-lambda}"
 ALL=vit,cvt,eqcvt,eqcvt_published,hybrid_p4,hybrid_p4m,gevit,gsanet,posthoc_c4_zero_shot,posthoc_c16_zero_shot
@@ -50,7 +55,8 @@ TINY_VIT=(model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.n
 TINY_GEVIT=(model.net.num_channels=8 model.net.block_sizes=[0,1] model.net.crop_per_layer=[0])
 TINY_HYBRID=(model.net.stem_channels=[2,4] model.net.stem_kernel_size=3 model.net.num_channels=8 model.net.num_heads=2
              model.net.block_sizes=[1] model.net.attention_window=3 model.net.embed_dim=4)
-COMMON=()
+# every run's accuracy-vs-angle curve: every 15 degrees on the first CURVE_SAMPLES test images
+COMMON=(callbacks.rotation_robustness.max_samples="${CURVE_SAMPLES:-500}")
 if $SMOKE; then
     TASK=leaderboard_smoke
     GRID_SEEDS="${SEEDS:-0}"
@@ -58,7 +64,7 @@ if $SMOKE; then
 fi
 # What makes two calls the same table (the seeds and families may differ: they add rows and runs).
 TABLE_SETTINGS="smoke=$SMOKE GEVIT_EPOCHS=$GEVIT_EPOCHS HYBRID_EPOCHS=$HYBRID_EPOCHS POSTHOC_EPOCHS=$POSTHOC_EPOCHS"
-TABLE_SETTINGS+=" POSTHOC_ZERO_SHOT=$ZERO_SHOT POSTHOC_LEARNED=$LEARNED arguments: ${ARGS[*]:-}"
+TABLE_SETTINGS+=" POSTHOC_ZERO_SHOT=$ZERO_SHOT POSTHOC_LEARNED=$LEARNED CURVE_SAMPLES=${CURVE_SAMPLES:-500} arguments: ${ARGS[*]:-}"
 unfinished_table() {
     # the newest table folder of this task that was started and not finished: resumed if its settings match
     local started folder
@@ -93,10 +99,10 @@ family() {
     local dir="$SWEEP_DIR/$name/seed$SEED" state
     local overrides=("$@" "${COMMON[@]}" task_name="$TASK" seed="$SEED" "${ARGS[@]}")
     if $CHECK_ONLY; then
-        state=$("$PY" scripts/leaderboard.py --check-run "$dir" --ignore-suffix=ckpt_path "${overrides[@]}")
+        state=$("$PY" -m scripts.leaderboard --check-run "$dir" --ignore-suffix=ckpt_path "${overrides[@]}")
         return 0
     fi
-    state=$("$PY" scripts/leaderboard.py --check-run "$dir" "${overrides[@]}")
+    state=$("$PY" -m scripts.leaderboard --check-run "$dir" "${overrides[@]}")
     if [[ "$state" == keep ]]; then echo "leaderboard: $name seed $SEED completed before, kept" >&2; return 0; fi
     "$PY" train.py "${overrides[@]}" hydra.run.dir="$dir"
 }
@@ -111,13 +117,23 @@ posthoc() {
         echo "leaderboard: $name needs the $stage1 run of seed $SEED (FAMILIES must include $stage1)" >&2
         exit 1
     fi
-    # the experiment's coarse curve (every 30 degrees, 300 images) replaced by the default one (15, 2,000)
+    # the experiment's coarse curve (every 30 degrees, 300 images) replaced by every other family's (15, CURVE_SAMPLES)
     family "$name" experiment=posthoc_rotmnist_mini model.backbone.ckpt_path="$ckpt" \
-        callbacks.rotation_robustness.step_deg=15 callbacks.rotation_robustness.max_samples=2000 "$@"
+        callbacks.rotation_robustness.step_deg=15 "$@"
 }
 SCHEDULE=("model.scheduler={_target_: lightning_modules.schedulers.linear_warmup_cosine, _partial_: true, warmup_fraction: 0.1}"
           model.scheduler_interval=step model.optimizer.lr=0.002 data.batch_size=64)
 one_seed() {
+    # the attention families of the mission first
+    # shellcheck disable=SC2046
+    family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
+    # shellcheck disable=SC2046
+    family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
+        $(tiny "${TINY_GEVIT[@]}")
+    # shellcheck disable=SC2046
+    family hybrid_p4 experiment=hybrid_rotmnist_mini model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    # shellcheck disable=SC2046
+    family hybrid_p4m experiment=hybrid_rotmnist_mini model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
     # shellcheck disable=SC2046
     family vit model=vit trainer.max_epochs=10 $(tiny "${TINY_VIT[@]}")
     # shellcheck disable=SC2046
@@ -133,23 +149,14 @@ one_seed() {
         stage1=vit; variant=(data.variant=rotated)
         if [[ $prefix == upright ]]; then stage1=upright_vit; variant=(data.variant=upright_train); fi
         for group in c4 c16; do
-            posthoc "${prefix}_${group}_zero_shot" "$stage1" "${variant[@]}" model.group="$group" \
+            posthoc "${prefix}_${group}_zero_shot" "$stage1" "${variant[@]}" model.group="${group/c/p}" \
                 model/aggregator="$ZERO_SHOT" model.regime=zero_shot
-            posthoc "${prefix}_${group}_aggregator_only" "$stage1" "${variant[@]}" model.group="$group" \
+            posthoc "${prefix}_${group}_aggregator_only" "$stage1" "${variant[@]}" model.group="${group/c/p}" \
                 model/aggregator="$LEARNED" model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
         done
     done
     posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization_prior \
         model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
-    # shellcheck disable=SC2046
-    family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
-    # shellcheck disable=SC2046
-    family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
-        $(tiny "${TINY_GEVIT[@]}")
-    # shellcheck disable=SC2046
-    family hybrid_p4 experiment=hybrid_rotmnist_mini model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
-    # shellcheck disable=SC2046
-    family hybrid_p4m experiment=hybrid_rotmnist_mini model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
 }
 CHECK_ONLY=true  # every planned run first: refuse a folder of other settings before training anything
 for SEED in ${GRID_SEEDS//,/ }; do
@@ -165,6 +172,6 @@ if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
 # the budgets the runs had are read from the runs themselves (epochs column, data sizes in the header)
-"$PY" scripts/leaderboard.py "$SWEEP_DIR" "${OUT[@]}" \
+"$PY" -m scripts.leaderboard "$SWEEP_DIR" "${OUT[@]}" \
     --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --families "$FAMILIES" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}"
 touch "$SWEEP_DIR/leaderboard.finished"
