@@ -174,7 +174,8 @@ def test_a_killed_table_is_resumed_by_the_same_command_and_another_one_is_named(
         "FAMILIES": "vit",
     }
     settings = (
-        "smoke=true GEVIT_EPOCHS=15 HYBRID_EPOCHS=20 POSTHOC_EPOCHS=5 POSTHOC_ZERO_SHOT=mean POSTHOC_LEARNED=lambda"
+        "smoke=true GEVIT_EPOCHS=20 HYBRID_EPOCHS=20 POSTHOC_EPOCHS=3 POSTHOC_ZERO_SHOT=mean POSTHOC_LEARNED=lambda"
+        " CURVE_SAMPLES=500"
     )
     (killed / "leaderboard.started").write_text(settings + " arguments: \n")
     stand_in = tmp_path / "python"
