@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The leaderboard: every model family on the embedded RotMNIST-mini (6,000 / 1,000 / 3,000 rotated digits),
-# SEEDS (default 0,1,2) each, then docs/leaderboard.md + docs/leaderboard.png (scripts/leaderboard.py): test
-# accuracy mean ± std, rot90 invariance error, accuracy at 45 degrees, parameters, train images/s, wall time.
+# SEEDS (default 0,1,2) each, then (scripts/leaderboard.py) docs/leaderboard.md, docs/leaderboard.png (accuracy
+# vs angle) and docs/leaderboard_curves.png (validation accuracy vs epoch and wall time): test accuracy mean ± std, rot90
+# invariance error, accuracy at 45 degrees, parameters, train images/s, wall time.
 # Checkpoints are selected on validation; each run is tested once.
 #
 # Budget per family (epochs on the 6,000 training digits; optimiser/schedule as in each config):
-#   vit            model=vit sized for a CPU (4 blocks, MLP 256: 205k parameters, 3.4x the 503k
-#                  default's inference speed) with the CvT's schedule                       20 epochs
+#   vit            model=vit sized for a CPU (4 blocks, MLP 256: 205k parameters, a few times
+#                  faster than the 503k default) with the CvT's schedule                    20 epochs
 #   cvt            model=cvt with the main job's schedule (Adam 2e-3, warm-up + cosine)     15 epochs
 #   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs

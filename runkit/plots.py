@@ -38,3 +38,34 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_learning_curves(curves: dict, path, title: str = "Validation accuracy while training") -> None:
+    """Validation accuracy against epoch (left) and against wall time (right, minutes since the run started,
+    validation included), one curve per run or family: ``{label: {"epoch": [...], "val_acc": [...],
+    "elapsed_s": [...]}}`` (``elapsed_s`` may hold ``None`` where a run did not log ``time/elapsed_s``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.22 * len(curves)), dpi=120, sharey=True)
+    styles = ("-", "--", ":", "-.")
+    for index, (label, c) in enumerate(curves.items()):
+        style = dict(marker="o", markersize=2.5, ls=styles[index // 10 % len(styles)], color=f"C{index % 10}")
+        accuracy = [100 * a for a in c["val_acc"]]
+        by_epoch.plot(c["epoch"], accuracy, label=label, **style)
+        timed = [(t / 60, a) for t, a in zip(c["elapsed_s"], accuracy) if t is not None]
+        if timed:
+            by_time.plot(*zip(*timed), **style)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("validation accuracy (%)")
+    by_time.set_xlabel("wall time (minutes, validation included)")
+    by_time.set_xscale("log")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(curves) + 2) // 3), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)

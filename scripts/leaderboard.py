@@ -11,7 +11,10 @@ actually had (epochs trained; the data sizes are in the header, or per row where
 mean ± std over seeds, rot90 invariance error (test/invariance_error_rot90, mean), accuracy at 45 degrees (from
 rotation_robustness), parameters (model/params), train images/s (train/images_per_s, mean) and wall time per
 run (duration_s, mean). Runs of one family with different budgets are refused, not averaged. The figure draws
-each family's accuracy-vs-angle curve averaged over its seeds.
+each family's accuracy-vs-angle curve averaged over its seeds; the learning-curve figure (``--curves-figure``)
+its validation accuracy against epoch and against wall time (``time/elapsed_s``), averaged over its seeds
+epoch by epoch, from each run's ``csv/version_*/metrics.csv`` (a resumed run's versions merged, later ones
+winning).
 
 ``--check-run`` compares a run folder with the overrides a leaderboard run would now get (its
 ``.hydra/overrides.yaml``, so the budget and the debug state included): prints ``new`` (nothing there),
@@ -22,6 +25,7 @@ settings, says which and exits 1, so a table never mixes budgets.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -154,6 +158,7 @@ def markdown(
     budgets: str = "",
     figure: Optional[str] = None,
     seeds: int = 0,
+    curves_figure: Optional[str] = None,
 ) -> str:
     rows = {name: summarise(runs, seeds) for name, runs in families.items()}
     sizes = {s["data"] for s in rows.values() if s["data"]}
@@ -196,6 +201,8 @@ def markdown(
         cells += [acc, _fmt(s["invariance_error"], ".1e"), _fmt(s["acc_45"], ".1f"), _fmt(s["params"], ",")]
         cells += [_fmt(s["images_per_s"], ".1f"), _fmt(wall, ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
+    if curves_figure:
+        lines += ["", f"![validation accuracy vs epoch and vs wall time]({curves_figure})"]
     if figure:
         lines += ["", f"![accuracy vs angle]({figure})"]
     return "\n".join(lines) + "\n"
@@ -213,6 +220,44 @@ def mean_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
         curves[f"{name} ({summarise(runs)['acc_mean']:.1f} %)"] = {
             "angles": angles,
             "accuracy": [sum(c["accuracy"][i] for c in same) / n for i in range(len(angles))],
+        }
+    return curves
+
+
+def learning_curve(run_dir: Path) -> dict[int, dict]:
+    """``{epoch: {"val_acc": ..., "elapsed_s": ...}}`` of one run from its CSV logs (Lightning's CSVLogger
+    writes validation and training rows of an epoch separately; a resumed run adds a version)."""
+    epochs: dict[int, dict] = {}
+    versions = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    for path in versions:
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if not row.get("epoch"):
+                    continue
+                entry = epochs.setdefault(int(float(row["epoch"])), {"val_acc": None, "elapsed_s": None})
+                for key, column in (("val_acc", "val/acc"), ("elapsed_s", "time/elapsed_s")):
+                    if row.get(column):
+                        entry[key] = float(row[column])
+    return {e: v for e, v in sorted(epochs.items()) if v["val_acc"] is not None}
+
+
+def mean_learning_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per trained family, validation accuracy and elapsed time averaged over its counted runs at each epoch
+    that all of them reached (``elapsed_s`` None where a run did not log it); zero-shot rows have none."""
+    curves = {}
+    for name, runs in families.items():
+        per_run = [learning_curve(Path(r["run_dir"])) for r in counted(runs) if epochs_of(r) != "0"]
+        per_run = [c for c in per_run if c]
+        if not per_run:
+            continue
+        shared = sorted(set.intersection(*(set(c) for c in per_run)))
+        if not shared:
+            continue
+        times = [[c[e]["elapsed_s"] for c in per_run] for e in shared]
+        curves[f"{name} ({summarise(runs)['acc_mean']:.1f} %)"] = {
+            "epoch": [e + 1 for e in shared],  # epochs completed
+            "val_acc": [statistics.fmean(c[e]["val_acc"] for c in per_run) for e in shared],
+            "elapsed_s": [None if None in t else statistics.fmean(t) for t in times],
         }
     return curves
 
@@ -275,6 +320,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: SWEEP_DIR/results.md)")
     parser.add_argument("--figure", type=Path, default=None, help="PNG (default: next to --out, leaderboard.png)")
+    parser.add_argument(
+        "--curves-figure", type=Path, default=None, help="PNG (default: next to --out, leaderboard_curves.png)"
+    )
     parser.add_argument("--command", default="bash multirun/leaderboard.sh")
     parser.add_argument("--machine", default=None, help="default: described from this machine")
     parser.add_argument("--budgets", default="", help="text block quoted under the header (notes)")
@@ -298,7 +346,25 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
         plot_rotation_robustness(curves, figure, title="Accuracy under rotation, every family (mean over seeds)")
     relative = os.path.relpath(figure, out.parent) if curves else None
-    text = markdown(families, args.command, args.machine or machine_description(), args.budgets, relative, args.seeds)
+    learning = mean_learning_curves(families)
+    learning_figure = args.curves_figure or out.parent / "leaderboard_curves.png"
+    if learning:
+        from runkit.plots import plot_learning_curves
+
+        plot_learning_curves(
+            learning,
+            learning_figure,
+            title="Validation accuracy while training, every trained family (mean over seeds)",
+        )
+    text = markdown(
+        families,
+        args.command,
+        args.machine or machine_description(),
+        args.budgets,
+        relative,
+        args.seeds,
+        os.path.relpath(learning_figure, out.parent) if learning else None,
+    )
     out.write_text(text)
     print(text)
     return text

@@ -69,6 +69,39 @@ def test_table_from_metrics_files(tmp_path):
     assert (sweep / "results.md").read_text() == text and (sweep / "leaderboard.png").stat().st_size > 5_000
 
 
+def write_csv_log(run: Path, version: int, rows: list[tuple]) -> None:
+    """Lightning CSVLogger's file: per epoch a validation row and a training row (with time/elapsed_s)."""
+    folder = run / "csv" / f"version_{version}"
+    folder.mkdir(parents=True)
+    lines = ["epoch,step,time/elapsed_s,train/acc,val/acc"]
+    for epoch, elapsed, acc in rows:
+        lines += [f"{epoch},{10 * epoch},,,{acc}", f"{epoch},{10 * epoch},{elapsed},0.5,"]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_learning_curves_merge_resumed_versions_and_average_seeds_by_epoch(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "gevit" / "seed0", 0.9, epochs=3)
+    write_run(sweep / "gevit" / "seed1", 0.9, epochs=3)
+    write_csv_log(sweep / "gevit" / "seed0", 0, [(0, 10.0, 0.5), (1, 20.0, 0.0)])  # killed in epoch 1 ...
+    write_csv_log(sweep / "gevit" / "seed0", 1, [(1, 21.0, 0.7), (2, 31.0, 0.8)])  # ... and resumed
+    write_csv_log(sweep / "gevit" / "seed1", 0, [(0, 12.0, 0.3), (1, 23.0, 0.5)])  # epoch 2 missing
+    write_run(sweep / "posthoc_zero_shot" / "seed0", 0.5, epochs=0)
+    write_csv_log(sweep / "posthoc_zero_shot" / "seed0", 0, [(0, 1.0, 0.5)])  # validated, nothing trained
+    assert leaderboard.learning_curve(sweep / "gevit" / "seed0") == {
+        0: {"val_acc": 0.5, "elapsed_s": 10.0},
+        1: {"val_acc": 0.7, "elapsed_s": 21.0},
+        2: {"val_acc": 0.8, "elapsed_s": 31.0},
+    }
+    curves = leaderboard.mean_learning_curves(leaderboard.collect(sweep))
+    assert list(curves) == ["gevit (90.0 %)"]  # the zero-shot row has no learning curve
+    assert curves["gevit (90.0 %)"]["epoch"] == [1, 2]
+    assert curves["gevit (90.0 %)"]["val_acc"] == pytest.approx([0.4, 0.6])
+    assert curves["gevit (90.0 %)"]["elapsed_s"] == pytest.approx([11.0, 22.0])
+    text = leaderboard.main([str(sweep), "--machine", "m"])
+    assert "](leaderboard_curves.png)" in text and (sweep / "leaderboard_curves.png").stat().st_size > 5_000
+
+
 def test_smaller_budgets_are_stated_and_debug_runs_never_count(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "vit" / "seed0", 0.30, epochs=1)
@@ -127,7 +160,7 @@ def test_smoke_slice_trains_a_family_and_wraps_it_and_a_rerun_keeps_what_complet
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| vit", "| posthoc_c4_zero_shot"]
     assert all("(1/1)" in row for row in rows)
-    assert (folder / "leaderboard.png").is_file()
+    assert (folder / "leaderboard.png").is_file() and (folder / "leaderboard_curves.png").is_file()
     assert sorted(p.parent.relative_to(folder).as_posix() for p in folder.rglob("metrics.json")) == [
         "posthoc_c4_zero_shot/seed0",
         "vit/seed0",
