@@ -228,10 +228,13 @@ class Group:
     # ---- escnn ---------------------------------------------------------------------------------------
     def gspace(self):
         """The escnn gspace whose fibre group is this group acting on the plane: C_n -> ``rot2dOnR2(n)``,
-        D_n -> ``flipRot2dOnR2(n)`` (z2, mz2: n = 1). escnn's regular fields order their channels as the
-        elements here, and its mirror is this module's (``tests/gevit/test_groups.py``)."""
+        D_n -> ``flipRot2dOnR2(n)``, z2 -> ``trivialOnR2()``, mz2 -> ``flip2dOnR2()`` (the mirror alone).
+        escnn's regular fields order their channels as the elements here, and its mirror is this module's
+        (``tests/gevit/test_groups.py``)."""
         from escnn import gspaces  # escnn is imported only by the models that need it
 
+        if self.num_rotations == 1:
+            return gspaces.flip2dOnR2() if self.mirror else gspaces.trivialOnR2()
         if self.mirror:
             return gspaces.flipRot2dOnR2(self.num_rotations)
         return gspaces.rot2dOnR2(self.num_rotations)

@@ -38,7 +38,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from escnn import gspaces
 from escnn import nn as enn
 
 from gevit.escnn_utils import GeometricWrapper, deepcopy_module
@@ -161,14 +160,6 @@ class Canonicalizer(Aggregator):
         raise NotImplementedError
 
 
-def group_gspace(group: Group) -> gspaces.GSpace2D:
-    """The escnn gspace whose fibre group is ``group`` (C_n, D_n or the mirror alone)."""
-    n, mirror = group.num_rotations, group.mirror
-    if not mirror:
-        return gspaces.rot2dOnR2(n) if n > 1 else gspaces.trivialOnR2()
-    return gspaces.flipRot2dOnR2(n) if n > 1 else gspaces.flip2dOnR2()
-
-
 def normalization_and_dropout(field_type: enn.FieldType, normalization: str, dropout: float, batch_norm) -> list:
     """The escnn modules that follow a hidden convolution before its nonlinearity: ``batch_norm(field_type)``
     when ``normalization == "batch"`` (InnerBatchNorm for regular fields, IIDBatchNorm2d for Fourier fields),
@@ -205,7 +196,7 @@ class OrientationNet(nn.Module):
         check_canonicalizer_options(width, depth, kernel_size, normalization, dropout)
         self.input = CanonicalizerInput(downsample, input_crop, input_size)
         self.group = get_group(group)
-        space = group_gspace(self.group)
+        space = self.group.gspace()
         in_type = enn.FieldType(space, in_channels * [space.trivial_repr])
         hidden = enn.FieldType(space, width * [space.regular_repr])
         out_type = enn.FieldType(space, [space.regular_repr])

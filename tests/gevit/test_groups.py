@@ -28,6 +28,7 @@ def test_gspace_matches_the_group():
     assert get_group("p4").gspace().fibergroup.order() == 4
     assert get_group("D4").gspace().fibergroup.order() == 8
     assert get_group("z2").gspace().fibergroup.order() == 1
+    assert get_group("mz2").gspace().fibergroup.order() == 2
 
 
 def test_orbit_and_its_inverse():
