@@ -99,7 +99,7 @@ class Ours:
         self.model = PostHocClassifier(
             backbone=backbone,
             aggregator=hydra.utils.instantiate(config),
-            group="c4",
+            group="p4",
             regime="aggregator_only",
             num_classes=10,
             in_channels=1,

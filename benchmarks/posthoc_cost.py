@@ -2,7 +2,7 @@
 (|G| backbone calls, batched), side by side in one process.
 
     python -m benchmarks.posthoc_cost                         # the seed ViT (28x28 digits), C4 and D4
-    python -m benchmarks.posthoc_cost --backbone resnet18 --image-size 96 --channels 3 --groups d4
+    python -m benchmarks.posthoc_cost --backbone resnet18 --image-size 96 --channels 3 --groups p4m
 
 For each group the wrappers are built around the same random backbone, in eval mode, and timed on the same
 random batch in interleaved rounds (``--rounds``; the machine is shared and noisy, so the median per
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", default="vit", help="vit (this project's, seed size) or a timm model name")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--groups", default="c4,d4")
+    parser.add_argument("--groups", default="p4,p4m")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     # One thread by default: on an oversubscribed shared machine, intra-op threads wait for each other and

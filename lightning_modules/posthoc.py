@@ -59,7 +59,7 @@ class PostHocClassifier(BaseClassifierModule):
             ``_partial_: true``) called with ``num_classes``, ``in_channels``, ``image_size``.
         aggregator: an :class:`gevit.posthoc.Aggregator` or a partial (a ``conf/model/aggregator/`` yaml),
             completed with the backbone's and the group's facts.
-        group: ``c4``, ``flip``, ``d4``, ``c8``, ``c16`` (any name of :mod:`gevit.groups`).
+        group: ``p4``, ``mz2``, ``p4m``, ``p8``, ``p16`` (any name of :mod:`gevit.groups`).
         regime: ``zero_shot`` (nothing trained), ``aggregator_only``, ``mlp`` (classification head +
             aggregator), ``backbone_only`` (backbone, aggregator frozen) or ``full``. Frozen parameters have
             ``requires_grad=False`` and frozen submodules stay in eval mode (dropout off, BatchNorm running
@@ -76,7 +76,7 @@ class PostHocClassifier(BaseClassifierModule):
         self,
         backbone: Union[Backbone, Callable[..., Backbone]],
         aggregator: Union[Aggregator, Callable[..., Aggregator]],
-        group: str = "c4",
+        group: str = "p4",
         regime: str = "zero_shot",
         interpolation: str = "bilinear",
         padding: str = "zeros",

@@ -3,7 +3,7 @@
 #   EXPERIMENT (stage 2), VIEW_GROUPS, REGIMES, SMOKE_STAGE1 and SMOKE_EXPERIMENT (the miniature versions).
 # The methods are the yamls of conf/model/aggregator/ (a new yaml is swept without editing this file), split by
 # their class's `learned` attribute; POSTHOC_FIXED / POSTHOC_LEARNED (comma lists) choose a subset instead.
-# A part of the grid: VIEW_GROUPS=c4 REGIMES=zero_shot POSTHOC_FIXED=mean POSTHOC_LEARNED=lambda SEEDS=0.
+# A part of the grid: VIEW_GROUPS=p4 REGIMES=zero_shot POSTHOC_FIXED=mean POSTHOC_LEARNED=lambda SEEDS=0.
 # Three Hydra multiruns of train.py into one folder, then its table (rows: aggregator x group, columns: regime):
 #   1. the plain backbone (the trivial group c1: one view, so the backbone itself), zero_shot;
 #   2. the parameter-free aggregators x REGIMES x VIEW_GROUPS;

@@ -4,7 +4,7 @@
 #   bash multirun/posthoc_pcam.sh model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt data.data_dir=DIR
 #   bash multirun/posthoc_pcam.sh smoke     # in miniature: a ResNet-18 on the embedded digits, CPU
 EXPERIMENT=posthoc_pcam
-VIEW_GROUPS="${VIEW_GROUPS:-flip,c4,d4}"
+VIEW_GROUPS="${VIEW_GROUPS:-mz2,p4,p4m}"
 REGIMES="${REGIMES:-zero_shot,mlp}"
 SMOKE_STAGE1="experiment=resnet50_pcam data=rotmnist_mini model.net.arch=resnet18"
 SMOKE_EXPERIMENT="experiment=posthoc_pcam data=rotmnist_mini"

@@ -4,7 +4,7 @@
 #   bash multirun/posthoc_rotmnist_10pct.sh model.backbone.ckpt_path=RUN/checkpoints/best-....ckpt data.data_dir=DIR
 #   bash multirun/posthoc_rotmnist_10pct.sh smoke      # the same grid in miniature on the embedded data, CPU
 EXPERIMENT=posthoc_rotmnist_10pct
-VIEW_GROUPS="${VIEW_GROUPS:-c4,c16}"
+VIEW_GROUPS="${VIEW_GROUPS:-p4,p16}"
 REGIMES="${REGIMES:-zero_shot,mlp,full}"
 SMOKE_STAGE1="experiment=vit_rotmnist_mini model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.net.mlp_hidden_dim=32"
 SMOKE_EXPERIMENT="experiment=posthoc_rotmnist_mini"

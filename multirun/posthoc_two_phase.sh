@@ -10,7 +10,7 @@
 # POSTHOC_LEARNED (default: every learned method of conf/model/aggregator/), SEEDS choose the grid.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" "$@"
 EXPERIMENT="${EXPERIMENT:-posthoc_mnist_to_rotmnist}"
-VIEW_GROUPS="${VIEW_GROUPS:-c4}"
+VIEW_GROUPS="${VIEW_GROUPS:-p4}"
 PHASE2_REGIMES="${PHASE2_REGIMES:-full,backbone_only}"
 LEARNED="${POSTHOC_LEARNED:-$("$PY" -m runkit.posthoc_methods aggregators --learned)}"
 STAGE2="experiment=$EXPERIMENT"

@@ -130,7 +130,7 @@ def test_a_model_in_a_notebook_takes_one_import():
     import gevit
 
     net = gevit.models.GroupTransformer(
-        group="c4", attention_window=3, num_channels=8, num_heads=2, block_sizes=[1], crop_per_layer=0, image_size=8
+        group="p4", attention_window=3, num_channels=8, num_heads=2, block_sizes=[1], crop_per_layer=0, image_size=8
     )
     assert net(torch.rand(1, 1, 8, 8)).shape == (1, 10)
     assert gevit.models.VisionTransformer()(torch.rand(1, 1, 28, 28)).shape == (1, 10)

@@ -3,7 +3,7 @@ transformations (plain torch; the Lightning side is ``lightning_modules.PostHocC
 
     from gevit.posthoc import MeanAggregator, PostHocInvariant, vit_backbone
     backbone = vit_backbone(num_classes=10, in_channels=1, image_size=28, ckpt_path="RUN/checkpoints/best.ckpt")
-    model = PostHocInvariant(backbone, "c4", MeanAggregator()).eval()
+    model = PostHocInvariant(backbone, "p4", MeanAggregator()).eval()
     logits = model(images)                                  # (B, 1, 28, 28) -> (B, 10)
 """
 

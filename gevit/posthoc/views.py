@@ -32,7 +32,7 @@ class GroupViews(nn.Module):
     """Images (B, C, H, W) -> views (B, |G|, C, H, W) with ``views[:, i] = g_i . x``.
 
     Args:
-        group: a :class:`~gevit.groups.Group` or its name (``c4``, ``flip``, ``d4``, ``c8``, ``c16`` ...).
+        group: a :class:`~gevit.groups.Group` or its name (``p4``, ``mz2``, ``p4m``, ``p8``, ``p16`` ...; aliases such as ``c4`` / ``d4`` too).
         interpolation: resampling for angles that are not multiples of 90 degrees (``bilinear``,
             ``nearest``, ``bicubic``).
         padding: ``zeros`` fills pixels rotated in from outside the image with the background;

@@ -48,7 +48,7 @@ class PostHocInvariant(nn.Module):
 
     Args:
         backbone: a :class:`~gevit.posthoc.backbones.Backbone`.
-        group: group name or :class:`~gevit.groups.Group` (``c4``, ``flip``, ``d4``, ``c8``, ``c16`` ...).
+        group: group name or :class:`~gevit.groups.Group` (``p4``, ``mz2``, ``p4m``, ``p8``, ``p16`` ...; aliases such as ``c4`` / ``d4`` too).
         aggregator: an :class:`~gevit.posthoc.aggregators.Aggregator`, or a class / partial completed with
             the facts ``embed_dim``, ``spatial_features``, ``group``, ``in_channels`` (default: mean).
         interpolation, padding, background: how the views are made (:class:`GroupViews`).

@@ -74,7 +74,7 @@ def test_the_backbone_pooling_as_is_would_not_be_invariant():
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch.manual_seed(0)
     backbone = adapt(PooledCNN("attention"), in_channels=1, image_size=16)
-    model = PostHocInvariant(backbone, "c4", aggregator("equiattention"), spatial_pooling="backbone").double().eval()
+    model = PostHocInvariant(backbone, "p4", aggregator("equiattention"), spatial_pooling="backbone").double().eval()
     for p in model.aggregator.parameters():
         p.data.normal_(0, 0.5)
     assert model.aggregator.level == "spatial" and not model.symmetrize_pooling
@@ -109,7 +109,7 @@ def test_spatial_equiattention_is_invariant_on_cnn_feature_maps(group):
 def test_torchvision_resnet_adapter_gives_spatial_maps_for_equiattention():
     backbone = adapt(torchvision.models.resnet18(num_classes=10), in_channels=3, image_size=64)
     assert isinstance(backbone, TorchvisionResNetBackbone) and backbone.spatial_features and backbone.invariant_pooling
-    model = PostHocInvariant(backbone, "d4", aggregator("equiattention")).eval()
+    model = PostHocInvariant(backbone, "p4m", aggregator("equiattention")).eval()
     for p in model.aggregator.parameters():
         p.data.normal_(0, 0.5)
     x = torch.rand(2, 3, 64, 64)

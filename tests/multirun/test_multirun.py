@@ -20,14 +20,14 @@ SLICES = {
     "hybrid.sh": {"SEEDS": "0"},
     "eqcvt.sh": {"SEEDS": "0"},
     "posthoc_rotmnist.sh": {
-        "VIEW_GROUPS": "c4",
+        "VIEW_GROUPS": "p4",
         "REGIMES": "zero_shot",
         "POSTHOC_FIXED": "mean",
         "POSTHOC_LEARNED": "lambda",
         "SEEDS": "0",
     },
     "posthoc_two_phase.sh": {
-        "VIEW_GROUPS": "c4",
+        "VIEW_GROUPS": "p4",
         "PHASE2_REGIMES": "full,backbone_only",
         "POSTHOC_LEARNED": "lambda",
         "SEEDS": "0",

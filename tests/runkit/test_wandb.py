@@ -39,7 +39,7 @@ def test_identity_of_a_sweep_job(tmp_path):
     cfg = compose_config(
         [
             "experiment=posthoc_rotmnist_mini",
-            "model.group=d4",
+            "model.group=p4m",
             "model/aggregator=lambda",
             "model.regime=aggregator_only",
             "seed=2",
@@ -58,7 +58,7 @@ def test_identity_of_a_sweep_job(tmp_path):
     assert identity["group"] == f"{cfg.task_name}/2026-01-01_00-00-00"
     assert (
         identity["name"]
-        == "experiment=posthoc_rotmnist_mini,model.group=d4,model/aggregator=lambda,model.regime=aggregator_only,seed=2"
+        == "experiment=posthoc_rotmnist_mini,model.group=p4m,model/aggregator=lambda,model.regime=aggregator_only,seed=2"
     )
     # with the sweep's multirun.yaml (Hydra writes it before the jobs start) only the swept keys name the run
     sweep_dir = Path(cfg.paths.output_dir).parent
@@ -70,7 +70,7 @@ def test_identity_of_a_sweep_job(tmp_path):
                     "overrides": {
                         "task": [
                             "experiment=posthoc_rotmnist_mini",
-                            "model.group=c4,d4",
+                            "model.group=p4,p4m",
                             "model/aggregator=lambda,transformer",
                             "model.regime=aggregator_only",
                             "seed=range(3)",
@@ -81,12 +81,12 @@ def test_identity_of_a_sweep_job(tmp_path):
         ),
         sweep_dir / "multirun.yaml",
     )
-    assert run_identity(cfg)["name"] == "model.group=d4,model/aggregator=lambda,seed=2"
+    assert run_identity(cfg)["name"] == "model.group=p4m,model/aggregator=lambda,seed=2"
     for tag in (
         "data:rotmnist_mini",
         "model:posthoc",
         "experiment:posthoc_rotmnist_mini",
-        "group:d4",
+        "group:p4m",
         "regime:aggregator_only",
         "aggregator:lambda",
     ):

@@ -29,7 +29,7 @@ def make_job(folder: Path, overrides: list[str], status: str = "completed", **me
 def sweep(tmp_path):
     """Two sub-sweeps of one table: aggregator x regime x 3 seeds, one run failed, plus submitit's folder."""
     root = tmp_path / "posthoc_rotmnist" / "multiruns" / "2026-11-25_10-00-00"
-    common = ["experiment=posthoc_rotmnist", "model.backbone.ckpt_path=/runs/vit/best.ckpt", "model.group=c4"]
+    common = ["experiment=posthoc_rotmnist", "model.backbone.ckpt_path=/runs/vit/best.ckpt", "model.group=p4"]
     accuracies = {
         ("mean", "zero_shot"): [0.90, 0.92, 0.91],
         ("mean", "full"): [0.95, 0.96, 0.97],
@@ -144,16 +144,16 @@ def plan(folder: Path, overrides: list[str]) -> None:
 
 def test_jobs_without_metrics_and_jobs_never_started_are_counted_and_listed(tmp_path):
     sweep = tmp_path / "sweep"
-    plan(sweep, ["model.group=c4,c8", "seed=0,1"])
-    make_job(sweep / "0", ["model.group=c4", "seed=0"], **{"val/acc_best": 0.5, "test/acc": 0.4})
-    make_job(sweep / "1", ["model.group=c4", "seed=1"], **{"val/acc_best": 0.6, "test/acc": 0.5})
+    plan(sweep, ["model.group=p4,p8", "seed=0,1"])
+    make_job(sweep / "0", ["model.group=p4", "seed=0"], **{"val/acc_best": 0.5, "test/acc": 0.4})
+    make_job(sweep / "1", ["model.group=p4", "seed=1"], **{"val/acc_best": 0.6, "test/acc": 0.5})
     # job 2 failed before train.py wrote metrics.json: only Hydra's folder is there
     (sweep / "2" / ".hydra").mkdir(parents=True)
-    (sweep / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.group=c8", "seed=0"]))
-    # job 3 (c8, seed 1) never started: no folder at all
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.group=p8", "seed=0"]))
+    # job 3 (p8, seed 1) never started: no folder at all
     markdown = main([str(sweep), "--out", str(tmp_path / "table")])
-    assert "| c4 | 55.00 ± 7.07 (2) | 45.00 ± 7.07 (2) |" in markdown
-    assert "| c8 | — (0/2) | — (0/2) |" in markdown
+    assert "| p4 | 55.00 ± 7.07 (2) | 45.00 ± 7.07 (2) |" in markdown
+    assert "| p8 | — (0/2) | — (0/2) |" in markdown
     assert "Not completed: 2 of 4 runs." in markdown
     assert f"`{sweep / '2'}`: no metrics.json" in markdown and "never started" in markdown
     with open(tmp_path / "table" / "runs.csv") as f:

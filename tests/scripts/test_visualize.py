@@ -75,7 +75,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "experiment=posthoc_rotmnist_mini",
         f"model.backbone.ckpt_path={backbone}",
         "model.regime=aggregator_only",
-        "model.group=c4",
+        "model.group=p4",
     ]
     return {
         "vit": vit,

@@ -56,7 +56,7 @@ def regimes_of(name: str) -> list[str]:
 
 
 def make(
-    name: str = "mean", group: str = "c4", regime: str = "zero_shot", backbone=None, data=MNIST, **options
+    name: str = "mean", group: str = "p4", regime: str = "zero_shot", backbone=None, data=MNIST, **options
 ) -> PostHocClassifier:
     model = PostHocClassifier(
         backbone=backbone or TINY_BACKBONE, aggregator=aggregator(name, **options), group=group, regime=regime, **data

@@ -88,7 +88,7 @@ def test_every_backbone_option_builds_a_wrapper(name, stage1, tmp_path):
 
 
 def test_two_stage_zero_shot_wraps_the_trained_backbone(stage1, tmp_path):
-    metrics, objects = stage2(tmp_path, f"model.backbone.ckpt_path={stage1}", "model.group=c16")
+    metrics, objects = stage2(tmp_path, f"model.backbone.ckpt_path={stage1}", "model.group=p16")
     assert metrics["status"] == "completed"
     assert 0 <= metrics["val/acc_best"] <= 1 and 0 <= metrics["test/acc"] <= 1
     assert metrics["model/params_trainable"] == 0
@@ -99,7 +99,7 @@ def test_two_stage_zero_shot_wraps_the_trained_backbone(stage1, tmp_path):
         assert torch.equal(value, stage1_state[f"net.{key}"]), key
     # the same network described by the vit source (architecture in the config, weights from the file)
     again, _ = stage2(
-        tmp_path / "vit", f"model.backbone.ckpt_path={stage1}", "model.group=c16", *TINY_BACKBONE_OVERRIDES
+        tmp_path / "vit", f"model.backbone.ckpt_path={stage1}", "model.group=p16", *TINY_BACKBONE_OVERRIDES
     )
     assert again["test/acc"] == pytest.approx(metrics["test/acc"])
 
@@ -161,7 +161,7 @@ def test_command_line_contract(stage1, tmp_path):
         "train.py",
         "model=posthoc",
         "model/aggregator=lambda",
-        "model.group=flip",
+        "model.group=mz2",
         "model.regime=aggregator_only",
         "model/backbone=checkpoint",
         f"model.backbone.ckpt_path={stage1}",

@@ -12,7 +12,7 @@ class TTAAggregator(Aggregator):
 
     (B, |G|, K) logits -> (B, K). Behind a linear head this equals ``mean`` of the embeddings; behind the
     ViT's LayerNorm + Linear head it does not. The published TTA rows used the 8 views of D4 even on
-    RotMNIST: ``model.group=d4``.
+    RotMNIST: ``model.group=p4m``.
     """
 
     level = "logits"

@@ -213,7 +213,7 @@ def test_the_canonicalizer_input_commutes_with_the_symmetries_and_shrinks_large_
     assert torch.allclose(resize(torch.flip(x, (-1,))), torch.flip(out, (-1,)), atol=1e-12)
     seen = {}
     backbone = adapt(PooledCNN("attention", in_chans=3, size=96), in_channels=3, image_size=96)
-    model = PostHocInvariant(backbone, "d4", functools.partial(SteerableCanonicalization, input_size=32)).eval()
+    model = PostHocInvariant(backbone, "p4m", functools.partial(SteerableCanonicalization, input_size=32)).eval()
 
     def record(name):
         return lambda module, inputs, output: seen.setdefault(name, tuple(inputs[0].shape)) and None
