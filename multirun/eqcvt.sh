@@ -6,13 +6,12 @@
 #   bash multirun/eqcvt.sh smoke        # tiny networks on the embedded digits (CPU)
 source "$(dirname "$0")/lib.sh" "$@"
 use_experiment "${EXPERIMENT:-eqcvt_rotmnist}"
-if $SMOKE; then
-    SETTINGS+=(model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.net.mlp_hidden_dim=32)
-fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 run() { "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR/$1" seed="$GRID_SEEDS" "${@:2}"; }
-run eqcvt model=eqcvt model.net.invariant=true,false "${ARGS[@]}"
-run cvt model=cvt "${ARGS[@]}"
+# shellcheck disable=SC2046
+run eqcvt model=eqcvt model.net.invariant=true,false $(tiny eqcvt) "${ARGS[@]}"
+# shellcheck disable=SC2046
+run cvt model=cvt $(tiny cvt) "${ARGS[@]}"
 results_table "$SWEEP_DIR" --rows model model.net.invariant --columns \
     --metrics val/acc_best test/acc test/rot_acc_mean test/invariance_error_rot90 model/params \
     --title "EqCvT vs CvT ($EXPERIMENT)"

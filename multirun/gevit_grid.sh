@@ -18,8 +18,7 @@ if $SMOKE; then
     GRID_GROUPS="${GEVIT_GROUPS:-z2,p4}"
     GRID_SEEDS="${SEEDS:-0,1}"
     SETTINGS+=("${SMOKE_DATA[@]}" data.train_size=96 data.val_size=32 data.test_size=32 data.batch_size=16
-               callbacks.rotation_robustness.max_samples=16 model.net.num_channels=8 model.net.num_heads=2
-               "model.net.block_sizes=[1,1]" "model.net.crop_per_layer=[0,0]")
+               callbacks.rotation_robustness.max_samples=16 +model/tiny=gevit)
 fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR" \

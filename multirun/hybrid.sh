@@ -6,10 +6,7 @@
 #   bash multirun/hybrid.sh smoke       # tiny networks on the embedded digits (CPU)
 source "$(dirname "$0")/lib.sh" "$@"
 use_experiment "${EXPERIMENT:-hybrid_rotmnist}"
-if $SMOKE; then
-    SETTINGS+=("model.net.stem_channels=[2,4]" model.net.stem_kernel_size=3 model.net.num_channels=8
-               model.net.num_heads=2 "model.net.block_sizes=[1]" model.net.attention_window=3 model.net.embed_dim=4)
-fi
+if $SMOKE; then SETTINGS+=(+model/tiny=hybrid); fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR" \
     model.net.group=p4,p4m model.net.stem=escnn,patch_embed seed="$GRID_SEEDS" "${ARGS[@]}"

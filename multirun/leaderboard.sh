@@ -53,10 +53,6 @@ ALL=vit,cvt,eqcvt,eqcvt_published,hybrid_p4,hybrid_p4m,gevit,gsanet,posthoc_c4_z
 ALL+=,posthoc_c4_aggregator_only,posthoc_c16_aggregator_only,upright_vit,upright_c4_zero_shot,upright_c16_zero_shot
 ALL+=,upright_c4_aggregator_only,upright_c16_aggregator_only,upright_canonicalization
 FAMILIES="${FAMILIES:-$ALL}"
-TINY_VIT=(model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.net.mlp_hidden_dim=32)
-TINY_GEVIT=(model.net.num_channels=8 model.net.block_sizes=[0,1] model.net.crop_per_layer=[0])
-TINY_HYBRID=(model.net.stem_channels=[2,4] model.net.stem_kernel_size=3 model.net.num_channels=8 model.net.num_heads=2
-             model.net.block_sizes=[1] model.net.attention_window=3 model.net.embed_dim=4)
 # every run's accuracy-vs-angle curve: every 15 degrees on the first CURVE_SAMPLES test images
 COMMON=(callbacks.rotation_robustness.max_samples="${CURVE_SAMPLES:-500}")
 if $SMOKE; then
@@ -90,7 +86,6 @@ mkdir -p "$SWEEP_DIR"
 rm -f "$SWEEP_DIR/leaderboard.finished"
 echo "leaderboard: table folder $SWEEP_DIR" >&2
 wanted() { [[ ",$FAMILIES," == *",$1,"* ]]; }
-tiny() { if $SMOKE; then echo "$@"; fi; }
 CHECK_ONLY=false
 # One run of a family: $SWEEP_DIR/<family>/seed<SEED>. With CHECK_ONLY, only checks that the folder holds
 # nothing of other settings (scripts/leaderboard.py --check-run; set -e stops the script on a refusal);
@@ -130,24 +125,24 @@ VIT=(model=vit model.net.depth=4 model.net.mlp_hidden_dim=256 "${SCHEDULE[@]}" t
 one_seed() {
     # the attention families of the mission first
     # shellcheck disable=SC2046
-    family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny "${TINY_GEVIT[@]}")
+    family gevit experiment=gevit_rotmnist_mini trainer.max_epochs="$GEVIT_EPOCHS" $(tiny gevit)
     # shellcheck disable=SC2046
     family gsanet experiment=gevit_rotmnist_mini model.net.encoding=gsanet trainer.max_epochs="$GEVIT_EPOCHS" \
-        $(tiny "${TINY_GEVIT[@]}")
+        $(tiny gevit)
     # shellcheck disable=SC2046
-    family hybrid_p4 experiment=hybrid_rotmnist_mini model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    family hybrid_p4 experiment=hybrid_rotmnist_mini model.net.group=p4 trainer.max_epochs="$HYBRID_EPOCHS" $(tiny hybrid)
     # shellcheck disable=SC2046
-    family hybrid_p4m experiment=hybrid_rotmnist_mini model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny "${TINY_HYBRID[@]}")
+    family hybrid_p4m experiment=hybrid_rotmnist_mini model.net.group=p4m trainer.max_epochs="$HYBRID_EPOCHS" $(tiny hybrid)
     # shellcheck disable=SC2046
-    family vit "${VIT[@]}" $(tiny "${TINY_VIT[@]}")
+    family vit "${VIT[@]}" $(tiny vit)
     # shellcheck disable=SC2046
-    family upright_vit "${VIT[@]}" data.variant=upright_train $(tiny "${TINY_VIT[@]}")
+    family upright_vit "${VIT[@]}" data.variant=upright_train $(tiny vit)
     # shellcheck disable=SC2046
-    family cvt model=cvt "${SCHEDULE[@]}" trainer.max_epochs=15 $(tiny "${TINY_VIT[@]}")
+    family cvt model=cvt "${SCHEDULE[@]}" trainer.max_epochs=15 $(tiny cvt)
     # shellcheck disable=SC2046
-    family eqcvt model=eqcvt $(tiny "${TINY_VIT[@]}")
+    family eqcvt model=eqcvt $(tiny eqcvt)
     # shellcheck disable=SC2046
-    family eqcvt_published model=eqcvt model.net.invariant=false $(tiny "${TINY_VIT[@]}")
+    family eqcvt_published model=eqcvt model.net.invariant=false $(tiny eqcvt)
     local prefix group stage1 variant
     for prefix in posthoc upright; do
         stage1=vit; variant=(data.variant=rotated)

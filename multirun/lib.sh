@@ -13,6 +13,10 @@ fi
 SMOKE_DATA=(data=rotmnist_mini data.train_size=256 data.val_size=128 data.test_size=128 data.batch_size=32
             trainer.max_epochs=1 callbacks.rotation_robustness.max_samples=32 callbacks.rotation_robustness.step_deg=45)
 
+# In smoke mode "+model/tiny=<model>" (the model shrunk by its conf/model/tiny/<model>.yaml), else nothing:
+#   "$PY" train.py model=vit $(tiny vit) ...
+tiny() { if $SMOKE; then echo "+model/tiny=$1"; fi; }
+
 # A fresh folder for one table's sweeps (named here so several sweeps can share it); GEVIT_LOG_DIR moves it.
 new_sweep_dir() { echo "${GEVIT_LOG_DIR:-logs}/$1/multiruns/$(date +%Y-%m-%d_%H-%M-%S)"; }
 

@@ -6,6 +6,6 @@
 EXPERIMENT=posthoc_rotmnist_10pct
 VIEW_GROUPS="${VIEW_GROUPS:-p4,p16}"
 REGIMES="${REGIMES:-zero_shot,mlp,full}"
-SMOKE_STAGE1="experiment=vit_rotmnist_mini model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.net.mlp_hidden_dim=32"
+SMOKE_STAGE1="experiment=vit_rotmnist_mini +model/tiny=vit"
 SMOKE_EXPERIMENT="experiment=posthoc_rotmnist_mini"
 source "$(dirname "$0")/posthoc_grid.sh"

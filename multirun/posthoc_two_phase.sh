@@ -21,8 +21,7 @@ if $SMOKE; then
     TASK="${TASK}_smoke"
     GRID_SEEDS="${SEEDS:-0}"
     SWEEP_DIR=$(new_sweep_dir "$TASK")
-    "$PY" train.py experiment=vit_rotmnist_mini model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 \
-        model.net.mlp_hidden_dim=32 "${SMALL[@]}" task_name="$TASK" hydra.run.dir="$SWEEP_DIR/stage1_backbone"
+    "$PY" train.py experiment=vit_rotmnist_mini +model/tiny=vit "${SMALL[@]}" task_name="$TASK" hydra.run.dir="$SWEEP_DIR/stage1_backbone"
     CKPT=$(ls "$SWEEP_DIR"/stage1_backbone/checkpoints/best-*.ckpt)
     STAGE2="experiment=posthoc_rotmnist_mini"
     ARGS=("${SMALL[@]}" model.backbone.ckpt_path="$CKPT" "${ARGS[@]}")

@@ -10,8 +10,7 @@ GRID_SEEDS="${SEEDS:-0,1,2}"
 if $SMOKE; then
     TASK=vit_baselines_smoke
     GRID_SEEDS="${SEEDS:-0,1}"
-    SETTINGS=(experiment=vit_rotmnist_mini data.variant=rotated,upright_train "${SMOKE_DATA[@]}"
-              model.net.embed_dim=16 model.net.depth=1 model.net.num_heads=2 model.net.mlp_hidden_dim=32)
+    SETTINGS=(experiment=vit_rotmnist_mini data.variant=rotated,upright_train "${SMOKE_DATA[@]}" +model/tiny=vit)
 fi
 SWEEP_DIR=$(new_sweep_dir "$TASK")
 "$PY" train.py -m "${SETTINGS[@]}" task_name="$TASK" hydra.sweep.dir="$SWEEP_DIR" seed="$GRID_SEEDS" "${ARGS[@]}"

@@ -37,7 +37,7 @@ from scripts.figures import (
     write_rotation_gif,
 )
 from scripts.visualize import main
-from tests.support.compose import TINY_NETS, TINY_VIT, compose_config
+from tests.support.compose import TINY_VIT, compose_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ SMALL = [
     "trainer.max_epochs=1",
     "seed=0",
 ]
-TINY_GEVIT = ["model=gevit"] + TINY_NETS["gevit.models.GroupTransformer"] + ["model.net.spatial_pooling=mean"]
+TINY_GEVIT = ["model=gevit"] + tiny_overrides("gevit") + ["model.net.spatial_pooling=mean"]
 
 
 def train_tiny(out: Path, overrides: list[str]) -> Path:
