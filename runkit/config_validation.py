@@ -28,18 +28,18 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class RunOptions:
-    """The top-level options of conf/train.yaml."""
+    """The types of conf/train.yaml's top-level options (a schema only: their defaults live in the yaml)."""
 
-    task_name: str = "train"
-    tags: Optional[list] = None
-    train: bool = True
-    test: bool = True
-    ckpt_path: Optional[str] = None
-    auto_resume: bool = True
-    seed: int = 42
-    optimized_metric: Optional[str] = None
-    print_config: bool = True
-    memory_check: Literal["error", "warn", "off"] = "error"
+    task_name: str
+    tags: Optional[list]
+    train: bool
+    test: bool
+    ckpt_path: Optional[str]
+    auto_resume: bool
+    seed: int
+    optimized_metric: Optional[str]
+    print_config: bool
+    memory_check: Literal["error", "warn", "off"]
 
 
 _UNKNOWN = object()

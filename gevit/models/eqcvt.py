@@ -50,7 +50,10 @@ def square_group(group) -> Group:
     """The :class:`~gevit.groups.Group` of ``group`` if it is p4 or p4m (the models' symmetries), else ValueError."""
     resolved = get_group(group)
     if resolved.name not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS} (or an alias such as c4 / d4), got {group!r}")
+        raise ValueError(
+            f"group must be one of {GROUPS} (or an alias such as c4 / d4), got {group!r}: the symmetric kernels and "
+            "the invariant pooling are built from the quarter turn (and the mirror), exact pixel permutations"
+        )
     return resolved
 
 
