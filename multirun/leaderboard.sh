@@ -49,10 +49,6 @@ HYBRID_EPOCHS="${HYBRID_EPOCHS:-20}"
 POSTHOC_EPOCHS="${POSTHOC_EPOCHS:-3}"
 ZERO_SHOT="${POSTHOC_ZERO_SHOT:-mean}"
 LEARNED="${POSTHOC_LEARNED:-lambda}"
-ALL=vit,cvt,eqcvt,eqcvt_published,hybrid_p4,hybrid_p4m,gevit,gsanet,posthoc_c4_zero_shot,posthoc_c16_zero_shot
-ALL+=,posthoc_c4_aggregator_only,posthoc_c16_aggregator_only,upright_vit,upright_c4_zero_shot,upright_c16_zero_shot
-ALL+=,upright_c4_aggregator_only,upright_c16_aggregator_only,upright_canonicalization
-FAMILIES="${FAMILIES:-$ALL}"
 # every run's accuracy-vs-angle curve: every 15 degrees on the first CURVE_SAMPLES test images
 COMMON=(callbacks.rotation_robustness.max_samples="${CURVE_SAMPLES:-500}")
 if $SMOKE; then
@@ -79,19 +75,15 @@ unfinished_table() {
         return 0
     done
 }
-SWEEP_DIR="${LEADERBOARD_DIR:-$(unfinished_table)}"
-SWEEP_DIR="${SWEEP_DIR:-$(new_sweep_dir "$TASK")}"
-mkdir -p "$SWEEP_DIR"
-[[ -f "$SWEEP_DIR/leaderboard.started" ]] || echo "$TABLE_SETTINGS" >"$SWEEP_DIR/leaderboard.started"
-rm -f "$SWEEP_DIR/leaderboard.finished"
-echo "leaderboard: table folder $SWEEP_DIR" >&2
 wanted() { [[ ",$FAMILIES," == *",$1,"* ]]; }
 CHECK_ONLY=false
+LISTING=false
 # One run of a family: $SWEEP_DIR/<family>/seed<SEED>. With CHECK_ONLY, only checks that the folder holds
 # nothing of other settings (scripts/leaderboard.py --check-run; set -e stops the script on a refusal);
 # otherwise runs it, unless it completed before with the same settings.
 family() {
     local name="$1"; shift
+    if $LISTING; then echo "$name"; return 0; fi
     wanted "$name" || return 0
     local dir="$SWEEP_DIR/$name/seed$SEED" state
     local overrides=("$@" "${COMMON[@]}" task_name="$TASK" seed="$SEED" "${ARGS[@]}")
@@ -106,6 +98,7 @@ family() {
 # A post-hoc wrapper of the same seed's stage-1 run (its checkpoint selected on validation).
 posthoc() {
     local name="$1" stage1="$2"; shift 2
+    if $LISTING; then echo "$name"; return 0; fi
     wanted "$name" || return 0
     local ckpt
     ckpt=$(ls "$SWEEP_DIR/$stage1/seed$SEED"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1 || true)
@@ -157,6 +150,21 @@ one_seed() {
     posthoc upright_canonicalization upright_vit data.variant=upright_train model/aggregator=canonicalization_prior \
         model.regime=aggregator_only trainer.max_epochs="$POSTHOC_EPOCHS"
 }
+# every family, in the order one_seed runs them (the one list of names: FAMILIES picks from it)
+ALL=$(LISTING=true SEED=0 one_seed | paste -sd, -)
+FAMILIES="${FAMILIES:-$ALL}"
+for name in ${FAMILIES//,/ }; do
+    if [[ ",$ALL," != *",$name,"* ]]; then
+        echo "leaderboard: unknown family '$name' in FAMILIES; the families are: $ALL" >&2
+        exit 2
+    fi
+done
+SWEEP_DIR="${LEADERBOARD_DIR:-$(unfinished_table)}"
+SWEEP_DIR="${SWEEP_DIR:-$(new_sweep_dir "$TASK")}"
+mkdir -p "$SWEEP_DIR"
+[[ -f "$SWEEP_DIR/leaderboard.started" ]] || echo "$TABLE_SETTINGS" >"$SWEEP_DIR/leaderboard.started"
+rm -f "$SWEEP_DIR/leaderboard.finished"
+echo "leaderboard: table folder $SWEEP_DIR" >&2
 CHECK_ONLY=true  # every planned run first: refuse a folder of other settings before training anything
 for SEED in ${GRID_SEEDS//,/ }; do
     one_seed

@@ -235,3 +235,15 @@ def test_a_killed_table_is_resumed_by_the_same_command_and_another_one_is_named(
     assert f"{killed} holds an unfinished table of other settings" in other.stderr, other.stderr[-3000:]
     assert f"LEADERBOARD_DIR={killed}" in other.stderr
     assert len(list((logs / "leaderboard_smoke" / "multiruns").iterdir())) == 2
+
+
+def test_an_unknown_family_is_refused_before_any_folder_is_made(tmp_path):
+    """FAMILIES picks from the families the script runs (its one list); a typo is an error naming them all."""
+    folder = tmp_path / "board"
+    env = {**os.environ, "LEADERBOARD_DIR": str(folder), "PYTHON": sys.executable, "FAMILIES": "gevit,gevti"}
+    done = subprocess.run(
+        ["bash", "multirun/leaderboard.sh", "smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "unknown family 'gevti'" in done.stderr and "gevit,gsanet,hybrid_p4" in done.stderr
+    assert not folder.exists()
