@@ -9,9 +9,9 @@
 #   vit            model=vit sized for a CPU (4 blocks, MLP 256: 205k parameters, a few times
 #                  faster than the 503k default) with the CvT's schedule                    20 epochs
 #   cvt            model=cvt with the main job's schedule (Adam 2e-3, warm-up + cosine)     15 epochs
-#   eqcvt          model=eqcvt: the main job (conf/recipe/rotmnist_mini_eqcvt.yaml)         25 epochs
+#   eqcvt          model=eqcvt, the previous main job (conf/recipe/rotmnist_mini_eqcvt.yaml) 25 epochs
 #   eqcvt_published  the same, model.net.invariant=false (the published, not exact, model)  25 epochs
-#   hybrid_p4, hybrid_p4m  experiment=hybrid_rotmnist_mini (regular handover, AdamW 1e-2)     HYBRID_EPOCHS (20)
+#   hybrid_p4, hybrid_p4m  experiment=hybrid_rotmnist_mini (p4: the main job; AdamW 1e-2)     HYBRID_EPOCHS (20)
 #   gevit          experiment=gevit_rotmnist_mini (p4, batch norm, Adam 1e-2)               GEVIT_EPOCHS (20)
 #   gsanet         the same with model.net.encoding=gsanet                                  GEVIT_EPOCHS (20)
 #   posthoc_*      the vit runs' checkpoints (same seed) wrapped over C4 / C16: zero_shot with POSTHOC_ZERO_SHOT
@@ -115,6 +115,8 @@ SCHEDULE=("model.scheduler={_target_: lightning_modules.schedulers.linear_warmup
           model.scheduler_interval=step model.optimizer.lr=0.002 data.batch_size=64)
 # the ViT of the vit/upright_vit rows (and so the backbone every post-hoc row wraps)
 VIT=(model=vit model.net.depth=4 model.net.mlp_hidden_dim=256 "${SCHEDULE[@]}" trainer.max_epochs=20)
+# (smoke mode: its size left to +model/tiny=vit, which command-line values would override)
+if $SMOKE; then VIT=(model=vit "${SCHEDULE[@]}" trainer.max_epochs=20); fi
 one_seed() {
     # the attention families of the mission first
     # shellcheck disable=SC2046
@@ -179,6 +181,8 @@ if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
     OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png")  # the committed table stays
 fi
 # the budgets the runs had are read from the runs themselves (epochs column, data sizes in the header)
-"$PY" -m scripts.leaderboard "$SWEEP_DIR" "${OUT[@]}" \
+# the header's budget block is quoted under the table's header
+BUDGETS=$(sed -n '/^# Budget per family/,/^# Every run/p' "$0" | sed '$d')
+"$PY" -m scripts.leaderboard "$SWEEP_DIR" "${OUT[@]}" --budgets "$BUDGETS" \
     --seeds "$(echo "${GRID_SEEDS//,/ }" | wc -w)" --families "$FAMILIES" --command "${SETTINGS}bash multirun/leaderboard.sh ${*:-}"
 touch "$SWEEP_DIR/leaderboard.finished"
