@@ -5,12 +5,12 @@ Names (shared by GE-ViT, the post-hoc wrappers and the escnn models):
 | name | group | elements |
 |---|---|---|
 | ``z2``  | trivial (translations only) | 1 |
-| ``p4``, ``p8``, ``p12``, ``p16`` | rotations by multiples of 360/n degrees (C_n) | n |
+| ``p2``, ``p4``, ``p8``, ``p12``, ``p16`` | rotations by multiples of 360/n degrees (C_n) | n |
 | ``mz2`` | identity and a mirror | 2 |
 | ``p4m``, ``p8m`` | rotations and mirrors (D_n) | 2n |
 
-Aliases (any case): ``c4, c8, c12, c16`` (= p4 ...), ``flip``/``d1`` (= mz2), ``d4`` (= p4m), ``d8`` (= p8m),
-``c1`` (= z2); so ``p4 = c4 = C4`` and ``p4m = d4 = D4``. Configs spell every group by its canonical name.
+Aliases (any case): ``c2, c4, c8, c12, c16`` (= p2, p4 ...), ``flip``/``d1`` (= mz2), ``d4`` (= p4m),
+``d8`` (= p8m), ``c1`` (= z2); so ``p4 = c4 = C4`` and ``p4m = d4 = D4``. Configs spell every group by its canonical name.
 
 An element is the pair ``(r, m)``, meaning "mirror if m, then rotate counter-clockwise by r*360/n
 degrees": its matrix is ``R(r) @ M**m``. Elements are indexed ``r + n*m``. Coordinates are image offsets
@@ -41,6 +41,7 @@ from gevit.rotations import rotate
 
 _SPECS = {
     "z2": (1, False),
+    "p2": (2, False),
     "p4": (4, False),
     "p8": (8, False),
     "p12": (12, False),
@@ -54,6 +55,7 @@ _SPECS = {
 # models are aliases of the same groups (looked up case-insensitively: C4 = c4 = p4).
 ALIASES = {
     "c1": "z2",
+    "c2": "p2",
     "c4": "p4",
     "c8": "p8",
     "c12": "p12",
@@ -104,8 +106,15 @@ class Group:
     @property
     def acts_exactly_on_pixels(self) -> bool:
         """True when every element maps the pixel grid onto itself (rotations by multiples of 90 degrees,
-        mirrors): z2, p4, mz2, p4m. Only such groups can tie kernels or act on maps without resampling."""
+        mirrors): z2, p2, p4, mz2, p4m. Only such groups can tie kernels or act on maps without resampling."""
         return 4 % self.num_rotations == 0
+
+    @cached_property
+    def pixel_exact_elements(self) -> tuple[int, ...]:
+        """Indices of the elements that map the pixel grid onto itself (rotations by multiples of 90
+        degrees, with or without the mirror), identity first: the elements an exact equivariance test
+        applies (``act_on_images`` and ``act_on_feature_map`` need no resampling for them)."""
+        return tuple(i for i, (r, _) in enumerate(self.elements) if (4 * r) % self.num_rotations == 0)
 
     def quarter_turn_steps(self) -> int:
         if not self.contains_quarter_turn:
@@ -179,8 +188,7 @@ class Group:
         The spatial part must be exact, so only elements whose rotation is a multiple of 90 degrees are
         accepted.
         """
-        r, _ = self.elements[index]
-        if (r * 4) % self.num_rotations:
+        if index not in self.pixel_exact_elements:
             raise ValueError(f"element {index} of {self.name} is not a multiple of 90 degrees")
         u_inv = self.inverse(index)
         # new[g] = old[u^-1 g]
@@ -205,7 +213,7 @@ class Group:
     def _require_exact(self, what: str) -> None:
         if not self.acts_exactly_on_pixels:
             raise ValueError(
-                f"{what} needs a group acting exactly on the pixel grid (z2, p4, mz2, p4m), got {self.name}"
+                f"{what} needs a group acting exactly on the pixel grid (z2, p2, p4, mz2, p4m), got {self.name}"
             )
 
     def kernel_orbits(self, kernel_size: int) -> torch.Tensor:
