@@ -14,9 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runkit.config_validation import ConfigError
-from runkit.resolvers import PROJECT_ROOT, register_resolvers
-
-CONF_DIR = PROJECT_ROOT / "conf"
+from runkit.resolvers import CONF_DIR, PROJECT_ROOT, register_resolvers
 
 
 # ---- composing ------------------------------------------------------------------------------------

@@ -25,11 +25,10 @@ import inspect
 import logging
 from typing import Any
 
-from runkit.resolvers import PROJECT_ROOT
+from runkit.resolvers import CONF_DIR
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = PROJECT_ROOT / "conf"  # as runkit.config, without importing Hydra for a translation
 
 # the old LightningModule -> the network it built (both the package-level and the module path were written)
 LEGACY_NETWORK_MODULES = {

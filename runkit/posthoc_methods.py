@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 from gevit.posthoc.aggregators import Aggregator
-from runkit.resolvers import PROJECT_ROOT
+from runkit.resolvers import CONF_DIR
 
-AGGREGATOR_CONF = PROJECT_ROOT / "conf" / "model" / "aggregator"
+AGGREGATOR_CONF = CONF_DIR / "model" / "aggregator"
 
 
 def aggregator_config(name: str, conf_dir: Path = AGGREGATOR_CONF):

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from runkit.wandb_logging import wandb_should_be_offline
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
 
 # What every data module states about its images (conf/data/_facts.yaml reads them with gevit_data_fact).
 DATA_FACTS = ("num_classes", "in_channels", "image_size", "mean", "std")

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from gevit.checkpoint_io import CheckpointError
-from runkit.resolvers import PROJECT_ROOT
+from runkit.resolvers import CONF_DIR
 
-CONF_DIR = PROJECT_ROOT / "conf"
 PROJECT_PACKAGES = ("gevit", "datamodules", "lightning_modules", "runkit")
 
 

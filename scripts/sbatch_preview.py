@@ -1,6 +1,6 @@
 """Print the sbatch file a Slurm sweep would submit, without submitting anything.
 
-    python -m scripts.sbatch_preview experiment=gevit_rotmnist model.group=p4,p8 seed=0,1,2 trainer=ddp
+    python -m scripts.sbatch_preview experiment=gevit_rotmnist model.net.group=p4,p8 seed=0,1,2 trainer=ddp
     python -m scripts.sbatch_preview seed=0,1 --output job.sbatch
 
 Runs ``python train.py -m hydra/launcher=slurm <overrides>`` for real — Hydra, the sweeper,
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from runkit.resolvers import PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             stub.chmod(0o755)
             os.environ["PATH"] = f"{stub_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         sys.argv = ["train.py", "-m", "hydra/launcher=slurm", *overrides]
-        runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
+        runpy.run_path(str(PROJECT_ROOT / "train.py"), run_name="__main__")
 
 
 if __name__ == "__main__":
