@@ -25,11 +25,11 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from runkit.callbacks import RotationRobustnessCallback, run_summary
-from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback, selected_checkpoint, selection_callback
+from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback, fit_outcome
 from runkit.config import build_trainer, config_choices, instantiate_collection, instantiate_named, save_config
 from runkit.config_validation import check_before_running
 from runkit.data_order import seed_training_order
-from runkit.memory import check_memory
+from runkit.memory import check_run_memory
 from runkit.naming import run_identity
 from runkit.provenance import git_state, write_metrics_json
 from runkit.resolvers import register_resolvers
@@ -38,6 +38,7 @@ from runkit.run_dir import done_message, plan_run, record_refused_start, run_set
 from runkit.run_lock import RunLock, is_launching_process, quiet_secondary_process
 from runkit.slurm import cluster_plugins
 from runkit.stopping import SignalGuard, stop_reason
+from runkit.sweeps import sweeper_value
 from runkit.wandb_logging import configure_wandb, finish_wandb, start_wandb_runs, update_wandb_summary
 
 log = logging.getLogger("train")
@@ -143,17 +144,9 @@ def _run(
             **git_state(),
         }
     )
-    if cfg.train and main_process and any(True for _ in model.trainable_parameters()):
-        estimate = check_memory(
-            model,
-            (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size),
-            int(cfg.data.batch_size),
-            use_gpu=trainer.strategy.root_device.type == "cuda",
-            processes=trainer.world_size,
-            mode=cfg.get("memory_check", "error"),
-        )
-        if estimate is not None:
-            metrics["memory_estimate"] = estimate
+    estimate = check_run_memory(cfg, model, trainer) if main_process else None
+    if estimate is not None:
+        metrics["memory_estimate"] = estimate
     start_wandb_runs(trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
@@ -169,22 +162,8 @@ def _run(
     elif cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         guard.raise_if_received()
-        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        test_ckpt = selected_checkpoint(trainer)
-        selection = selection_callback(trainer)
-        best_score = getattr(selection, "best_model_score", None)
-        metrics.update(train_metrics)
-        metrics["val/acc_best"] = float(best_score) if best_score is not None else train_metrics.get("val/acc_best")
-        if metrics["val/acc_best"] is None:
-            log.warning(
-                "the run ended before its first validation (max_steps/max_time reached first): nothing was "
-                "selected, val/acc_best is null and the final weights are tested"
-            )
-        elif test_ckpt is None:
-            log.warning("no best checkpoint was saved (fast_dev_run or checkpointing off): testing the final weights")
-        metrics.update(best_checkpoint=test_ckpt, epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
-        last = out_dir / "checkpoints" / "last.ckpt"
-        metrics["last_checkpoint"] = str(last) if last.is_file() else None
+        metrics.update(fit_outcome(trainer, out_dir))
+        test_ckpt = metrics["best_checkpoint"]
     if cfg.test:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         guard.raise_if_received()
@@ -207,19 +186,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     if is_launching_process():
         for line in run_summary(metrics):
             log.info(line)
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    value = metrics.get(name)
-    if value is None:
-        if cfg.train:
-            log.warning(
-                "optimized_metric=%s was not computed (available: %s); returning nothing to the sweeper",
-                name,
-                sorted(k for k in metrics if "/" in k and metrics[k] is not None),
-            )
-        return None
-    return float(value)
+    return sweeper_value(cfg, metrics)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,28 @@ def selected_checkpoint(trainer: L.Trainer) -> Optional[str]:
     callback = selection_callback(trainer)
     path = getattr(callback, "best_model_path", "") if callback is not None else ""
     return path or None
+
+
+def fit_outcome(trainer: L.Trainer, out_dir: Path) -> dict:
+    """What a finished fit leaves for ``metrics.json``: the metrics logged last, the validation score and
+    checkpoint the selection kept (``val/acc_best``, ``best_checkpoint``: what the test phase reads), where
+    training stopped and the every-epoch ``last.ckpt``. Says so when nothing was selected."""
+    outcome = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = selected_checkpoint(trainer)
+    score = getattr(selection_callback(trainer), "best_model_score", None)
+    outcome["val/acc_best"] = float(score) if score is not None else outcome.get("val/acc_best")
+    if outcome["val/acc_best"] is None:
+        log.warning(
+            "the run ended before its first validation (max_steps/max_time reached first): nothing was "
+            "selected, val/acc_best is null and the final weights are tested"
+        )
+    elif best is None:
+        log.warning("no best checkpoint was saved (fast_dev_run or checkpointing off): testing the final weights")
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    outcome.update(
+        best_checkpoint=best,
+        epochs_trained=trainer.current_epoch,
+        global_step=trainer.global_step,
+        last_checkpoint=str(last) if last.is_file() else None,
+    )
+    return outcome

@@ -112,3 +112,19 @@ def check_memory(
         raise MemoryEstimateError(message)
     log.warning(message)
     return estimate
+
+
+def check_run_memory(cfg, model, trainer) -> Optional[dict]:
+    """:func:`check_memory` for a configured run (``memory_check`` = error / warn / off) about to train
+    ``model`` with ``trainer``: its image shape, batch size, device and processes. None when skipped (no
+    training or nothing trainable)."""
+    if not cfg.train or not any(True for _ in model.trainable_parameters()):
+        return None
+    return check_memory(
+        model,
+        (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size),
+        int(cfg.data.batch_size),
+        use_gpu=trainer.strategy.root_device.type == "cuda",
+        processes=trainer.world_size,
+        mode=cfg.get("memory_check", "error"),
+    )

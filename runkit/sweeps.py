@@ -171,3 +171,21 @@ def record_search_without_result(sweep_dir: Path) -> RuntimeError:
         sweep_dir / "optimization_results.yaml",
     )
     return RuntimeError(f"no trial of the search completed (see {sweep_dir}/<trial>/metrics.json)")
+
+
+def sweeper_value(cfg: DictConfig, metrics: dict) -> Optional[float]:
+    """``optimized_metric`` of a finished run for the sweeper, or None where the run could not compute it
+    (an evaluate-only run, a run that ended before its first validation: said once in the log)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    value = metrics.get(name)
+    if value is None:
+        if cfg.train:
+            log.warning(
+                "optimized_metric=%s was not computed (available: %s); returning nothing to the sweeper",
+                name,
+                sorted(k for k in metrics if "/" in k and metrics[k] is not None),
+            )
+        return None
+    return float(value)
