@@ -1,6 +1,7 @@
 """The leaderboard of multirun/leaderboard.sh: one row per model family from the metrics.json of its runs.
 
     python -m scripts.leaderboard SWEEP_DIR [--out docs/leaderboard.md] [--figure docs/leaderboard.png]
+    python -m scripts.leaderboard docs/leaderboard_runs.json --out ...   # the same table from its run records
     python -m scripts.leaderboard --check-run RUN_DIR OVERRIDE...   # multirun/leaderboard.sh: may RUN_DIR be reused?
 
 SWEEP_DIR holds one folder per family (its name is the row), each with one job folder per seed holding the
@@ -15,6 +16,10 @@ each family's accuracy-vs-angle curve averaged over its seeds; the learning-curv
 its validation accuracy against epoch and against wall time (``time/elapsed_s``), averaged over its seeds
 epoch by epoch, from each run's ``csv/version_*/metrics.csv`` (a resumed run's versions merged, later ones
 winning).
+
+``--runs-out FILE`` also writes every run's numbers and learning curve to one JSON file (the table's raw data,
+small enough to commit: docs/leaderboard_runs.json); given as SWEEP_DIR, that file rebuilds the table and both
+figures without the run folders.
 
 ``--check-run`` compares a run folder with the overrides a leaderboard run would now get (its
 ``.hydra/overrides.yaml``, so the budget and the debug state included): prints ``new`` (nothing there),
@@ -68,7 +73,9 @@ def budget_of(run_dir: Path, metrics: dict) -> dict:
 
 def collect(sweep_dir: Path) -> dict[str, list[dict]]:
     """``{family: [metrics of each run, with its "budget" and "run_dir"]}`` in the order the families were
-    written (folder mtime)."""
+    written (folder mtime); from a run-records file (``--runs-out``) in the order it lists them."""
+    if sweep_dir.is_file():
+        return load_runs(sweep_dir)
     families: dict[str, list[dict]] = {}
     folders = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
     for folder in folders:
@@ -159,6 +166,7 @@ def markdown(
     figure: Optional[str] = None,
     seeds: int = 0,
     curves_figure: Optional[str] = None,
+    runs_file: Optional[str] = None,
 ) -> str:
     rows = {name: summarise(runs, seeds) for name, runs in families.items()}
     sizes = {s["data"] for s in rows.values() if s["data"]}
@@ -186,6 +194,12 @@ def markdown(
         f"rotation; accuracy at 45°: on {curve_text} test images; wall time: whole run (train + test + robustness curve).",
         "",
     ]
+    if runs_file:
+        lines += [
+            f"Every run's numbers and learning curve: [`{Path(runs_file).name}`]({runs_file}) "
+            f"(`python -m scripts.leaderboard <that file> --out <table.md>` rebuilds this table and its figures).",
+            "",
+        ]
     if budgets.strip():
         lines += ["Notes:", "", "```", budgets.strip(), "```", ""]
     per_row_data = len(sizes) > 1
@@ -241,12 +255,59 @@ def learning_curve(run_dir: Path) -> dict[int, dict]:
     return {e: v for e, v in sorted(epochs.items()) if v["val_acc"] is not None}
 
 
+def run_learning_curve(run: dict) -> dict[int, dict]:
+    """A run's learning curve: from its run record when it came from one, else from its CSV logs."""
+    if "learning_curve" in run:
+        return {int(e): {"val_acc": acc, "elapsed_s": t} for e, acc, t in run["learning_curve"]}
+    return learning_curve(Path(run["run_dir"]))
+
+
+RUNS_FORMAT = "gevit leaderboard runs v1"
+
+
+def export_runs(families: dict[str, list[dict]], path: Path, sweep_dir: Path, header: dict) -> None:
+    """Every run's metrics (with its budget) and learning curve, ``run`` naming its folder relative to the
+    sweep; ``header`` (command, machine, budgets) is what the table states about how they were measured."""
+    records = {}
+    for name, runs in families.items():
+        records[name] = []
+        for run in runs:
+            record = {k: v for k, v in run.items() if k != "run_dir"}
+            record.setdefault("run", os.path.relpath(run["run_dir"], sweep_dir))
+            curve = run_learning_curve(run)
+            record["learning_curve"] = [[e, v["val_acc"], v["elapsed_s"]] for e, v in curve.items()]
+            records[name].append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": RUNS_FORMAT, **header, "families": records}, indent=1) + "\n")
+
+
+def read_runs_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable run-records file ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != RUNS_FORMAT or not data.get("families"):
+        raise ValueError(f"{path}: not a run-records file of scripts.leaderboard --runs-out ({RUNS_FORMAT!r})")
+    return data
+
+
+def load_runs(path: Path) -> dict[str, list[dict]]:
+    """The families of a run-records file, each run with the ``run_dir`` (its recorded name) the table reads."""
+    families = {
+        name: [dict(r, run_dir=r["run"]) for r in runs] for name, runs in read_runs_file(path)["families"].items()
+    }
+    for run in (r for runs in families.values() for r in runs):
+        if isinstance((run.get("budget") or {}).get("data"), list):  # JSON has no tuples; budgets compare as tuples
+            run["budget"]["data"] = tuple(run["budget"]["data"])
+    return families
+
+
 def mean_learning_curves(families: dict[str, list[dict]]) -> dict[str, dict]:
     """Per trained family, validation accuracy and elapsed time averaged over its counted runs at each epoch
     that all of them reached (``elapsed_s`` None where a run did not log it); zero-shot rows have none."""
     curves = {}
     for name, runs in families.items():
-        per_run = [learning_curve(Path(r["run_dir"])) for r in counted(runs) if epochs_of(r) != "0"]
+        per_run = [run_learning_curve(r) for r in counted(runs) if epochs_of(r) != "0"]
         per_run = [c for c in per_run if c]
         if not per_run:
             continue
@@ -317,27 +378,38 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         print(state)
         return state
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dir", type=Path, help="the table's folder, or a run-records file (--runs-out)")
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: SWEEP_DIR/results.md)")
     parser.add_argument("--figure", type=Path, default=None, help="PNG (default: next to --out, leaderboard.png)")
     parser.add_argument(
         "--curves-figure", type=Path, default=None, help="PNG (default: next to --out, leaderboard_curves.png)"
     )
-    parser.add_argument("--command", default="bash multirun/leaderboard.sh")
-    parser.add_argument("--machine", default=None, help="default: described from this machine")
-    parser.add_argument("--budgets", default="", help="text block quoted under the header (notes)")
+    parser.add_argument("--command", default=None, help="default: bash multirun/leaderboard.sh (or the records')")
+    parser.add_argument("--machine", default=None, help="default: described from this machine (or the records')")
+    parser.add_argument("--budgets", default=None, help="text block quoted under the header (notes)")
     parser.add_argument(
         "--seeds", type=int, default=0, help="runs planned per family (the 'runs' column: done/planned)"
     )
     parser.add_argument(
         "--families", default="", help="comma list of the planned families: one not run yet gets a row (0/planned)"
     )
+    parser.add_argument("--runs-out", type=Path, default=None, help="also write the run records (JSON) here")
     args = parser.parse_args(argv)
 
     families = collect(args.sweep_dir)
+    recorded = read_runs_file(args.sweep_dir) if args.sweep_dir.is_file() else {}
+    header = {
+        "command": args.command or recorded.get("command") or "bash multirun/leaderboard.sh",
+        "machine": args.machine or recorded.get("machine") or machine_description(),
+        "budgets": args.budgets if args.budgets is not None else recorded.get("budgets", ""),
+        "seeds": args.seeds or recorded.get("seeds", 0),
+    }
     for name in filter(None, args.families.split(",")):
         families.setdefault(name, [])  # planned, not run yet: a row of dashes
-    out = args.out or args.sweep_dir / "results.md"
+    if args.runs_out:
+        export_runs({name: runs for name, runs in families.items() if runs}, args.runs_out, args.sweep_dir, header)
+    runs_file = args.runs_out or (args.sweep_dir if recorded else None)
+    out = args.out or (args.sweep_dir.parent if args.sweep_dir.is_file() else args.sweep_dir) / "results.md"
     figure = args.figure or out.parent / "leaderboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     curves = mean_curves(families)
@@ -358,12 +430,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         )
     text = markdown(
         families,
-        args.command,
-        args.machine or machine_description(),
-        args.budgets,
+        header["command"],
+        header["machine"],
+        header["budgets"],
         relative,
-        args.seeds,
+        header["seeds"],
         os.path.relpath(learning_figure, out.parent) if learning else None,
+        os.path.relpath(runs_file, out.parent) if runs_file else None,
     )
     out.write_text(text)
     print(text)

@@ -161,6 +161,8 @@ def test_smoke_slice_trains_a_family_and_wraps_it_and_a_rerun_keeps_what_complet
     assert [row.split(" | ")[0] for row in rows] == ["| vit", "| posthoc_c4_zero_shot"]
     assert all("(1/1)" in row for row in rows)
     assert (folder / "leaderboard.png").is_file() and (folder / "leaderboard_curves.png").is_file()
+    records = json.loads((folder / "leaderboard_runs.json").read_text())["families"]
+    assert sorted(records) == ["posthoc_c4_zero_shot", "vit"] and records["vit"][0]["run"] == "vit/seed0"
     assert sorted(p.parent.relative_to(folder).as_posix() for p in folder.rglob("metrics.json")) == [
         "posthoc_c4_zero_shot/seed0",
         "vit/seed0",
@@ -247,3 +249,38 @@ def test_an_unknown_family_is_refused_before_any_folder_is_made(tmp_path):
     assert done.returncode == 2
     assert "unknown family 'gevti'" in done.stderr and "gevit,gsanet,hybrid_p4" in done.stderr
     assert not folder.exists()
+
+
+def test_the_run_records_rebuild_the_same_table_without_the_run_folders(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, acc in enumerate((0.90, 0.94)):
+        write_run(sweep / "gevit" / f"seed{seed}", acc, epochs=2)
+        write_csv_log(sweep / "gevit" / f"seed{seed}", 0, [(0, 10.0, acc - 0.2), (1, 20.0, acc - 0.1)])
+    write_run(sweep / "vit" / "seed0", 0.40, epochs=2)
+    records = tmp_path / "docs" / "leaderboard_runs.json"
+    table = leaderboard.main(
+        [
+            str(sweep),
+            "--out",
+            str(tmp_path / "a" / "t.md"),
+            "--runs-out",
+            str(records),
+            "--machine",
+            "m",
+            "--seeds",
+            "2",
+        ]
+    )
+    assert "`leaderboard_runs.json`](../docs/leaderboard_runs.json)" in table
+    import shutil
+
+    shutil.rmtree(sweep)  # the records alone: numbers, budgets, learning curves, the header's facts
+    rebuilt = leaderboard.main([str(records), "--out", str(tmp_path / "a" / "t.md")])
+    assert rebuilt == table
+    assert (tmp_path / "a" / "leaderboard_curves.png").stat().st_size > 5_000
+    assert leaderboard.mean_learning_curves(leaderboard.collect(records))["gevit (92.0 %)"]["val_acc"] == pytest.approx(
+        [0.72, 0.82]
+    )
+    records.write_text('{"families": {}}')
+    with pytest.raises(ValueError, match="not a run-records file"):
+        leaderboard.main([str(records)])
