@@ -3,6 +3,14 @@ robustness callback writes after the test pass, also used by the multi-run figur
 
 from __future__ import annotations
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_style(index: int) -> dict:
+    """Colour and line style of the ``index``-th curve: past the 10 default colours, curves differ by line
+    style too, so a figure of many families still tells them apart (the same family, the same look in both)."""
+    return {"color": f"C{index % 10}", "ls": LINE_STYLES[index // 10 % len(LINE_STYLES)]}
+
 
 def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under rotation") -> None:
     """Plot accuracy vs angle for one or several runs (``{label: result_dict}``) into ``path`` (PNG)."""
@@ -13,15 +21,9 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
 
     many = len(curves) > 3  # a legend inside would cover the lower curves: put it below the axes
     fig, ax = plt.subplots(figsize=(6, 3.5 + (0.25 * len(curves) if many else 0)), dpi=120)
-    styles = ("-", "--", ":", "-.")  # past the 10 default colours, curves differ by line style too
     for index, (label, r) in enumerate(curves.items()):
         ax.plot(
-            r["angles"],
-            [100 * a for a in r["accuracy"]],
-            marker="o",
-            markersize=3,
-            ls=styles[index // 10 % len(styles)],
-            label=label,
+            r["angles"], [100 * a for a in r["accuracy"]], marker="o", markersize=3, label=label, **curve_style(index)
         )
     for quarter in (90, 180, 270):
         ax.axvline(quarter, color="grey", lw=0.5, ls=":")
@@ -50,9 +52,8 @@ def plot_learning_curves(curves: dict, path, title: str = "Validation accuracy w
     import matplotlib.pyplot as plt
 
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.22 * len(curves)), dpi=120, sharey=True)
-    styles = ("-", "--", ":", "-.")
     for index, (label, c) in enumerate(curves.items()):
-        style = dict(marker="o", markersize=2.5, ls=styles[index // 10 % len(styles)], color=f"C{index % 10}")
+        style = dict(marker="o", markersize=2.5, **curve_style(index))
         accuracy = [100 * a for a in c["val_acc"]]
         by_epoch.plot(c["epoch"], accuracy, label=label, **style)
         timed = [(t / 60, a) for t, a in zip(c["elapsed_s"], accuracy) if t is not None]
