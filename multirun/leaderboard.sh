@@ -21,10 +21,17 @@
 #                  (canonicalization_prior: the data are upright; aggregator_only, POSTHOC_EPOCHS)
 # Every run's accuracy-vs-angle curve: every 15 degrees on the first CURVE_SAMPLES (500) test images.
 # Time per run and for the whole table: docs/leaderboard.md (measured with the command it names).
-# On a machine with two cores, two seeds at a time with one thread each use them better than one run on both:
-#   for s in 0 1; do SEEDS=$s OMP_NUM_THREADS=1 taskset -c $s bash multirun/leaderboard.sh & done; wait
-#   SEEDS=2 LEADERBOARD_DIR=<the same folder> bash multirun/leaderboard.sh   # then the table of all three
-# (give both the same LEADERBOARD_DIR; each call writes the table of what has completed so far).
+# On a machine with two cores, two lanes of one thread each use them better than one run on both; seed 2 split
+# so that both lanes take about as long (each lane about 100 min per seed, then ~50 min of seed 2):
+#   export LEADERBOARD_DIR=logs/leaderboard/main OMP_NUM_THREADS=1
+#   (SEEDS=0 taskset -c 0 bash multirun/leaderboard.sh
+#    SEEDS=2 FAMILIES=gevit,gsanet,hybrid_p4,hybrid_p4m taskset -c 0 bash multirun/leaderboard.sh) &
+#   (SEEDS=1 taskset -c 1 bash multirun/leaderboard.sh
+#    SEEDS=2 FAMILIES=vit,upright_vit,cvt,eqcvt,eqcvt_published,posthoc_c4_zero_shot,posthoc_c4_aggregator_only,\
+#   posthoc_c16_zero_shot,posthoc_c16_aggregator_only,upright_c4_zero_shot,upright_c4_aggregator_only,\
+#   upright_c16_zero_shot,upright_c16_aggregator_only,upright_canonicalization taskset -c 1 bash multirun/leaderboard.sh) &
+#   wait; bash multirun/leaderboard.sh   # every run kept: only writes the table of all three seeds
+# (each call writes the table of what has completed so far: the partial ones into the folder, the last docs/).
 #   bash multirun/leaderboard.sh                     # the full table (writes docs/leaderboard.md/.png)
 #   bash multirun/leaderboard.sh smoke               # tiny networks, 1 epoch, 1 seed (CI); table: <sweep>/results.md
 #   FAMILIES=vit,eqcvt bash multirun/leaderboard.sh smoke   # a subset (comma list of the names above)
