@@ -24,7 +24,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from runkit.callbacks import RotationRobustnessCallback, run_summary
+from runkit.callbacks import RotationRobustnessCallback, run_summary, seconds_before_resume
 from runkit.checkpoint_writing import AtomicCheckpointIO, RunStateCallback, fit_outcome
 from runkit.config import build_trainer, config_choices, instantiate_collection, instantiate_named, save_config
 from runkit.config_validation import check_before_running
@@ -92,8 +92,9 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
             raise SystemExit(exit_code) from err
         raise
     finally:
-        metrics["duration_s"] = round(time.time() - started, 2)
+        metrics["duration_s"] = round(time.time() - started, 2)  # this segment; run_duration_s: the whole run
         trainer = objects.get("trainer")
+        metrics["run_duration_s"] = round(metrics["duration_s"] + seconds_before_resume(trainer), 2)
         if recording and (trainer.is_global_zero if trainer is not None else main_process):
             write_metrics_json(out_dir / "metrics.json", metrics)
         finish_wandb()

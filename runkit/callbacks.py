@@ -270,21 +270,35 @@ class TrainingClock(Callback):
     def __init__(self):
         self._before = 0.0  # seconds trained by the segments this run resumed from
         self._started: Optional[float] = None
+        self._resumed = 0.0  # _before when training started (testing a checkpoint loads its clock again)
 
     def elapsed(self) -> float:
         return self._before + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._started = time.perf_counter()
+        self._started, self._resumed = time.perf_counter(), self._before
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         pl_module.log("time/elapsed_s", self.elapsed(), on_step=False, on_epoch=True, rank_zero_only=True)
+
+    @property
+    def resumed_s(self) -> float:
+        """Seconds of training (validation included) done by the earlier segments of a resumed run."""
+        return self._resumed
 
     def state_dict(self) -> dict:
         return {"elapsed_s": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._before, self._started = float(state_dict.get("elapsed_s", 0.0)), None
+
+
+def seconds_before_resume(trainer) -> float:
+    """What a resumed run had trained before this segment (its TrainingClock's total at the checkpoint; 0 for a
+    fresh run or without the clock): added to this segment's duration, the run's whole wall time (less what a
+    kill lost after its last checkpoint)."""
+    clocks = [c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, TrainingClock)]
+    return clocks[0].resumed_s if clocks else 0.0
 
 
 class SimulatedPreemption(Callback):

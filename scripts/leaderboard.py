@@ -146,8 +146,17 @@ def summarise(runs: list[dict], seeds: int = 0) -> dict:
         "acc_45": _mean([None if accuracy_at(r, 45.0) is None else 100 * accuracy_at(r, 45.0) for r in done]),
         "params": next((r.get("model/params") for r in done if r.get("model/params") is not None), None),
         "images_per_s": _mean([r.get("train/images_per_s") for r in done]),
-        "wall_s": _mean([r.get("duration_s") for r in done]),
+        "wall_s": _mean([wall_time(r) for r in done]),
     }
+
+
+def wall_time(run: dict) -> Optional[float]:
+    """A run's whole wall time: ``run_duration_s`` (every segment of a resumed run); for a run recorded before
+    that existed, its last segment's ``duration_s``, at least the training time summed over segments."""
+    if run.get("run_duration_s") is not None:
+        return run["run_duration_s"]
+    known = [t for t in (run.get("duration_s"), run.get("time/elapsed_s")) if t is not None]
+    return max(known) if known else None
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:

@@ -284,3 +284,11 @@ def test_the_run_records_rebuild_the_same_table_without_the_run_folders(tmp_path
     records.write_text('{"families": {}}')
     with pytest.raises(ValueError, match="not a run-records file"):
         leaderboard.main([str(records)])
+
+
+def test_a_resumed_run_counts_every_segment_in_its_wall_time():
+    assert leaderboard.wall_time({"duration_s": 500.0, "run_duration_s": 1010.0}) == 1010.0
+    # recorded before run_duration_s existed: at least the training time summed over segments
+    assert leaderboard.wall_time({"duration_s": 500.0, "time/elapsed_s": 933.0}) == 933.0
+    assert leaderboard.wall_time({"duration_s": 1010.0, "time/elapsed_s": 942.0}) == 1010.0
+    assert leaderboard.wall_time({}) is None

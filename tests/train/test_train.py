@@ -111,6 +111,9 @@ def test_resume_from_last_checkpoint_continues_the_run(tmp_path):
     assert resumed["epochs_trained"] == 2
     # the training clock continues from the checkpoint: the resumed run's wall time includes the first segment's
     assert resumed["time/elapsed_s"] > first["time/elapsed_s"] > 0
+    # and the run's recorded wall time counts the first segment too (duration_s: this segment only)
+    assert resumed["run_duration_s"] >= resumed["duration_s"] + first["time/elapsed_s"] - 0.01
+    assert first["run_duration_s"] == first["duration_s"]
     auto, _ = run(tmp_path, "trainer.max_epochs=3", "auto_resume=true", name="a")
     assert auto["global_step"] == 3 * steps_per_epoch
 
