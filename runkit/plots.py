@@ -42,18 +42,23 @@ def plot_rotation_robustness(curves: dict, path, title: str = "Accuracy under ro
     plt.close(fig)
 
 
-def plot_learning_curves(curves: dict, path, title: str = "Validation accuracy while training") -> None:
+def plot_learning_curves(curves: dict, path, title: str = "Validation accuracy while training", looks=None) -> None:
     """Validation accuracy against epoch (left) and against wall time (right, minutes since the run started,
     validation included), one curve per run or family: ``{label: {"epoch": [...], "val_acc": [...],
-    "elapsed_s": [...]}}`` (``elapsed_s`` may hold ``None`` where a run did not log ``time/elapsed_s``)."""
+    "elapsed_s": [...]}}`` (``elapsed_s`` may hold ``None`` where a run did not log ``time/elapsed_s``).
+    ``looks``: the labels of a companion figure, in its order; a curve found there gets the look it has there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.22 * len(curves)), dpi=120, sharey=True)
+    legend_rows = (len(curves) + 2) // 3
+    height = 4.6 + 0.2 * legend_rows
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, height), dpi=120, sharey=True)
+    looks = list(looks or curves)
     for index, (label, c) in enumerate(curves.items()):
-        style = dict(marker="o", markersize=2.5, **curve_style(index))
+        look = looks.index(label) if label in looks else len(looks) + index
+        style = dict(marker="o", markersize=2.5, **curve_style(look))
         accuracy = [100 * a for a in c["val_acc"]]
         by_epoch.plot(c["epoch"], accuracy, label=label, **style)
         timed = [(t / 60, a) for t, a in zip(c["elapsed_s"], accuracy) if t is not None]
@@ -67,6 +72,6 @@ def plot_learning_curves(curves: dict, path, title: str = "Validation accuracy w
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(curves) + 2) // 3), 1, 1))
+    fig.tight_layout(rect=(0, (0.55 + 0.17 * legend_rows) / height, 1, 1))  # room for the legend below
     fig.savefig(path)
     plt.close(fig)

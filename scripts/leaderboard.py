@@ -400,7 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "--seeds", type=int, default=0, help="runs planned per family (the 'runs' column: done/planned)"
     )
     parser.add_argument(
-        "--families", default="", help="comma list of the planned families: one not run yet gets a row (0/planned)"
+        "--families",
+        default="",
+        help="comma list of the planned families, in the order of the rows: one not run yet gets a row (0/planned)",
     )
     parser.add_argument("--runs-out", type=Path, default=None, help="also write the run records (JSON) here")
     args = parser.parse_args(argv)
@@ -413,8 +415,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "budgets": args.budgets if args.budgets is not None else recorded.get("budgets", ""),
         "seeds": args.seeds or recorded.get("seeds", 0),
     }
-    for name in filter(None, args.families.split(",")):
-        families.setdefault(name, [])  # planned, not run yet: a row of dashes
+    planned = list(filter(None, args.families.split(",")))
+    # rows in the planned order (a planned family not run yet: a row of dashes), then any other family found
+    families = {name: families.get(name, []) for name in planned} | families
     if args.runs_out:
         export_runs({name: runs for name, runs in families.items() if runs}, args.runs_out, args.sweep_dir, header)
     runs_file = args.runs_out or (args.sweep_dir if recorded else None)
@@ -436,6 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             learning,
             learning_figure,
             title="Validation accuracy while training, every trained family (mean over seeds)",
+            looks=list(curves),  # each family drawn as in the accuracy-vs-angle figure
         )
     text = markdown(
         families,

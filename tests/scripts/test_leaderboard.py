@@ -192,6 +192,11 @@ def test_a_planned_family_not_run_yet_gets_a_row_of_dashes(tmp_path):
     text = leaderboard.main([str(sweep), "--machine", "m", "--seeds", "3", "--families", "eqcvt,hybrid_p4m"])
     assert "| eqcvt | (1/3) | 15 | 94.00 | " in text
     assert "| hybrid_p4m | (0/3) | – | – | – | – | – | – | – |" in text
+    # the rows follow the planned order, not the order the folders were written in
+    write_run(sweep / "vit" / "seed0", 0.6)
+    text = leaderboard.main([str(sweep), "--machine", "m", "--seeds", "3", "--families", "vit,hybrid_p4m,eqcvt"])
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| vit", "| hybrid_p4m", "| eqcvt"]
 
 
 def test_a_killed_table_is_resumed_by_the_same_command_and_another_one_is_named(tmp_path):
