@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,13 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
 EPOCHS = 3
 STEPS_PER_EPOCH = 4  # data.train_size=256 / data.batch_size=64
 PAUSE = ["+callbacks.pause._target_=tests.support.lifecycle.PauseAt"]
+
+
+def _as_from_a_terminal() -> None:
+    """In the child, before train.py starts: SIGINT handled as in a terminal (Ctrl-C). A shell that starts the
+    suite in the background (``pytest &``, nohup, some CI runners) ignores SIGINT, the children inherit that and
+    Python then installs no KeyboardInterrupt handler: the SIGINT tests would wait for a run that never stops."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # exec keeps an ignored signal ignored, not this
 
 
 def launch(out: Path, *overrides: str, pause: bool | str = False) -> subprocess.Popen:
@@ -35,7 +43,9 @@ def launch(out: Path, *overrides: str, pause: bool | str = False) -> subprocess.
         *extra,
     ]
     log = open(f"{out}.log", "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_as_from_a_terminal
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600.0) -> None:
