@@ -188,7 +188,8 @@ def run_summary(metrics: dict) -> list[str]:
 
 class EpochSummary(Callback):
     """One plain log line per epoch (readable in Slurm logs where there is no progress bar), and the
-    learning rate logged as ``train/lr``."""
+    learning rate logged as ``train/lr``: the rate the epoch started with (a per-step schedule moves it within
+    the epoch; W&B's step axis shows the schedule, this is one number per epoch)."""
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.optimizers:
