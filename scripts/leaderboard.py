@@ -274,6 +274,20 @@ def run_learning_curve(run: dict) -> dict[int, dict]:
 RUNS_FORMAT = "gevit leaderboard runs v1"
 
 
+def _inside_sweep(value, sweep_dir: Path):
+    """``value`` with every absolute path inside the sweep folder (a run's output_dir, checkpoints, config)
+    written relative to it: the records name no machine's folders."""
+    if isinstance(value, dict):
+        return {k: _inside_sweep(v, sweep_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inside_sweep(v, sweep_dir) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        root = sweep_dir.resolve()
+        if Path(value).resolve().is_relative_to(root):
+            return Path(value).resolve().relative_to(root).as_posix()
+    return value
+
+
 def export_runs(families: dict[str, list[dict]], path: Path, sweep_dir: Path, header: dict) -> None:
     """Every run's metrics (with its budget) and learning curve, ``run`` naming its folder relative to the
     sweep; ``header`` (command, machine, budgets) is what the table states about how they were measured."""
@@ -281,7 +295,7 @@ def export_runs(families: dict[str, list[dict]], path: Path, sweep_dir: Path, he
     for name, runs in families.items():
         records[name] = []
         for run in runs:
-            record = {k: v for k, v in run.items() if k != "run_dir"}
+            record = _inside_sweep({k: v for k, v in run.items() if k != "run_dir"}, sweep_dir)
             record.setdefault("run", os.path.relpath(run["run_dir"], sweep_dir))
             curve = run_learning_curve(run)
             record["learning_curve"] = [[e, v["val_acc"], v["elapsed_s"]] for e, v in curve.items()]

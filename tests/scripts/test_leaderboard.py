@@ -262,6 +262,9 @@ def test_the_run_records_rebuild_the_same_table_without_the_run_folders(tmp_path
         write_run(sweep / "gevit" / f"seed{seed}", acc, epochs=2)
         write_csv_log(sweep / "gevit" / f"seed{seed}", 0, [(0, 10.0, acc - 0.2), (1, 20.0, acc - 0.1)])
     write_run(sweep / "vit" / "seed0", 0.40, epochs=2)
+    run_file = sweep / "vit" / "seed0" / "metrics.json"  # a real run names its folders with absolute paths
+    absolute = str((sweep / "vit" / "seed0").resolve())
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "output_dir": absolute}))
     records = tmp_path / "docs" / "leaderboard_runs.json"
     table = leaderboard.main(
         [
@@ -277,6 +280,8 @@ def test_the_run_records_rebuild_the_same_table_without_the_run_folders(tmp_path
         ]
     )
     assert "`leaderboard_runs.json`](../docs/leaderboard_runs.json)" in table
+    assert str(tmp_path) not in records.read_text()  # no machine's folders in a file meant to be committed
+    assert json.loads(records.read_text())["families"]["vit"][0]["output_dir"] == "vit/seed0"
     import shutil
 
     shutil.rmtree(sweep)  # the records alone: numbers, budgets, learning curves, the header's facts
