@@ -185,11 +185,10 @@ done
 
 # the full table also keeps every run's metrics and learning curve (docs/leaderboard_runs.json): the table
 # and both figures rebuild from that file alone (python -m scripts.leaderboard docs/leaderboard_runs.json ...)
-OUT=(--out docs/leaderboard.md --figure docs/leaderboard.png --curves-figure docs/leaderboard_curves.png
-    --runs-out docs/leaderboard_runs.json)
-if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then
-    OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png"  # the committed table stays
-        --curves-figure "$SWEEP_DIR/leaderboard_curves.png" --runs-out "$SWEEP_DIR/leaderboard_runs.json")
+# (the learning-curve figure goes next to --out: leaderboard_curves.png)
+OUT=(--out docs/leaderboard.md --figure docs/leaderboard.png --runs-out docs/leaderboard_runs.json)
+if $SMOKE || [[ "$FAMILIES" != "$ALL" ]]; then  # the committed table stays
+    OUT=(--out "$SWEEP_DIR/results.md" --figure "$SWEEP_DIR/leaderboard.png" --runs-out "$SWEEP_DIR/leaderboard_runs.json")
 fi
 # the budgets the runs had are read from the runs themselves (epochs column, data sizes in the header)
 # the header's budget block is quoted under the table's header

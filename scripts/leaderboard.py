@@ -75,7 +75,7 @@ def collect(sweep_dir: Path) -> dict[str, list[dict]]:
     """``{family: [metrics of each run, with its "budget" and "run_dir"]}`` in the order the families were
     written (folder mtime); from a run-records file (``--runs-out``) in the order it lists them."""
     if sweep_dir.is_file():
-        return load_runs(sweep_dir)
+        return load_runs(read_runs_file(sweep_dir))
     families: dict[str, list[dict]] = {}
     folders = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
     for folder in folders:
@@ -274,17 +274,15 @@ def run_learning_curve(run: dict) -> dict[int, dict]:
 RUNS_FORMAT = "gevit leaderboard runs v1"
 
 
-def _inside_sweep(value, sweep_dir: Path):
-    """``value`` with every absolute path inside the sweep folder (a run's output_dir, checkpoints, config)
-    written relative to it: the records name no machine's folders."""
+def _inside_sweep(value, root: Path):
+    """``value`` with every absolute path inside the (resolved) sweep folder ``root`` (a run's output_dir,
+    checkpoints, config) written relative to it: the records name no machine's folders."""
     if isinstance(value, dict):
-        return {k: _inside_sweep(v, sweep_dir) for k, v in value.items()}
+        return {k: _inside_sweep(v, root) for k, v in value.items()}
     if isinstance(value, list):
-        return [_inside_sweep(v, sweep_dir) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        root = sweep_dir.resolve()
-        if Path(value).resolve().is_relative_to(root):
-            return Path(value).resolve().relative_to(root).as_posix()
+        return [_inside_sweep(v, root) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(root):
+        return Path(value).resolve().relative_to(root).as_posix()
     return value
 
 
@@ -295,7 +293,7 @@ def export_runs(families: dict[str, list[dict]], path: Path, sweep_dir: Path, he
     for name, runs in families.items():
         records[name] = []
         for run in runs:
-            record = _inside_sweep({k: v for k, v in run.items() if k != "run_dir"}, sweep_dir)
+            record = _inside_sweep({k: v for k, v in run.items() if k != "run_dir"}, sweep_dir.resolve())
             record.setdefault("run", os.path.relpath(run["run_dir"], sweep_dir))
             curve = run_learning_curve(run)
             record["learning_curve"] = [[e, v["val_acc"], v["elapsed_s"]] for e, v in curve.items()]
@@ -314,11 +312,9 @@ def read_runs_file(path: Path) -> dict:
     return data
 
 
-def load_runs(path: Path) -> dict[str, list[dict]]:
-    """The families of a run-records file, each run with the ``run_dir`` (its recorded name) the table reads."""
-    families = {
-        name: [dict(r, run_dir=r["run"]) for r in runs] for name, runs in read_runs_file(path)["families"].items()
-    }
+def load_runs(records: dict) -> dict[str, list[dict]]:
+    """The families of a read run-records file, each run with the ``run_dir`` (its recorded name) the table reads."""
+    families = {name: [dict(r, run_dir=r["run"]) for r in runs] for name, runs in records["families"].items()}
     for run in (r for runs in families.values() for r in runs):
         if isinstance((run.get("budget") or {}).get("data"), list):  # JSON has no tuples; budgets compare as tuples
             run["budget"]["data"] = tuple(run["budget"]["data"])
@@ -421,8 +417,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--runs-out", type=Path, default=None, help="also write the run records (JSON) here")
     args = parser.parse_args(argv)
 
-    families = collect(args.sweep_dir)
     recorded = read_runs_file(args.sweep_dir) if args.sweep_dir.is_file() else {}
+    families = load_runs(recorded) if recorded else collect(args.sweep_dir)
     header = {
         "command": args.command or recorded.get("command") or "bash multirun/leaderboard.sh",
         "machine": args.machine or recorded.get("machine") or machine_description(),

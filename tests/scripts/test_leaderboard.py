@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -282,8 +283,6 @@ def test_the_run_records_rebuild_the_same_table_without_the_run_folders(tmp_path
     assert "`leaderboard_runs.json`](../docs/leaderboard_runs.json)" in table
     assert str(tmp_path) not in records.read_text()  # no machine's folders in a file meant to be committed
     assert json.loads(records.read_text())["families"]["vit"][0]["output_dir"] == "vit/seed0"
-    import shutil
-
     shutil.rmtree(sweep)  # the records alone: numbers, budgets, learning curves, the header's facts
     rebuilt = leaderboard.main([str(records), "--out", str(tmp_path / "a" / "t.md")])
     assert rebuilt == table
